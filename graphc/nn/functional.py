@@ -1,0 +1,180 @@
+"""``graphc.nn.functional``: ``torch.nn.functional``'s names and semantics, one block per op."""
+
+from __future__ import annotations
+
+from graphc import ops
+from graphc.dtypes import is_floating
+from graphc.errors import shape_error
+from graphc.tensor import Tensor, emit
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise shape_error(op, f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    return loss if reduction == "none" else ops.reduce("ReduceMean" if reduction == "mean" else "ReduceSum", loss)
+
+
+# ---- activations -------------------------------------------------------
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0) (ONNX Relu).
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> F.relu(gc.input("x", ("batch", 4))).shape
+    ('batch', 4)
+    """
+    return ops.unary("Relu", x)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """1 / (1 + exp(-x)) (ONNX Sigmoid)."""
+    return ops.unary("Sigmoid", x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    """tanh(x) (ONNX Tanh)."""
+    return ops.unary("Tanh", x)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x), dim) (ONNX Softmax)."""
+    axis = ops.norm_axis("Softmax", dim, x.ndim)
+    return emit("Softmax", [x], {"axis": axis}, shape=x.shape, dtype=x.dtype)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """x - logsumexp(x, dim) (ONNX LogSoftmax)."""
+    axis = ops.norm_axis("LogSoftmax", dim, x.ndim)
+    return emit("LogSoftmax", [x], {"axis": axis}, shape=x.shape, dtype=x.dtype)
+
+
+# ---- linear ------------------------------------------------------------
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias, weight shaped (out, in) as in PyTorch.
+
+    2-D inputs emit one Gemm (transB=1), which ONNX Runtime runs without a
+    separate transpose; other ranks emit MatMul with a transposed weight.
+    """
+    if weight.ndim != 2:
+        raise shape_error("linear", f"weight must be 2-D (out, in), got {ops.fmt(weight.shape)}")
+    out_f, in_f = weight.shape
+    if x.ndim < 1 or (isinstance(x.shape[-1], int) and isinstance(in_f, int) and x.shape[-1] != in_f):
+        raise shape_error("linear", f"input {ops.fmt(x.shape)} does not end in in_features={in_f} "
+                                    f"(weight {ops.fmt(weight.shape)})")
+    if bias is not None and bias.shape != (out_f,):
+        raise shape_error("linear", f"bias must be ({out_f},), got {ops.fmt(bias.shape)}")
+    if x.dtype != weight.dtype:
+        raise shape_error("linear", f"input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+    if x.ndim == 2:
+        inputs = [x, weight] + ([bias] if bias is not None else [])
+        return emit("Gemm", inputs, {"transB": 1}, shape=(x.shape[0], out_f), dtype=x.dtype)
+    out = ops.matmul(x, ops.permute(weight, 1, 0))
+    return out if bias is None else ops.add(out, bias)
+
+
+# ---- losses ------------------------------------------------------------
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of class indices: input (N, C, ...) log-probabilities, target (N, ...) int64.
+
+    Emits ONNX NegativeLogLikelihoodLoss; ``mean`` divides by the summed
+    weights of the non-ignored targets, as PyTorch does.
+    """
+    _check_reduction("nll_loss", reduction)
+    if input.ndim < 2:
+        raise shape_error("nll_loss", f"input must be (N, C, ...), got {ops.fmt(input.shape)}")
+    if target.dtype.kind not in "iu":
+        raise shape_error("nll_loss", f"target must hold class indices (int64), got {target.dtype}; "
+                                      f"for probabilities use cross_entropy with a float target")
+    expected = (input.shape[0],) + input.shape[2:]
+    if target.ndim != len(expected) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                           for a, b in zip(target.shape, expected)):
+        raise shape_error("nll_loss", f"target shape {ops.fmt(target.shape)} does not match input "
+                                      f"{ops.fmt(input.shape)} (expected {ops.fmt(expected)})")
+    target = ops.cast(target, "int64")
+    inputs = [input, target] + ([weight] if weight is not None else [])
+    shape = () if reduction != "none" else expected
+    return emit("NegativeLogLikelihoodLoss", inputs, {"reduction": reduction, "ignore_index": ignore_index},
+                shape=shape, dtype=input.dtype)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of logits (N, C, ...) against class indices or class probabilities.
+
+    ``log_softmax`` + ``nll_loss`` for indices; ``-sum(target * log_softmax)``
+    for a float target of the input's shape. ``label_smoothing`` follows
+    PyTorch: (1 - e) * nll + e * mean over classes of -log p.
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> F.cross_entropy(gc.input("z", ("batch", 10)), gc.input("y", ("batch",), "int64")).shape
+    ()
+    """
+    _check_reduction("cross_entropy", reduction)
+    logp = log_softmax(input, 1 if input.ndim > 1 else 0)
+    if is_floating(target.dtype):
+        if target.shape != input.shape:
+            raise shape_error("cross_entropy", f"a probability target must match the input's shape "
+                                               f"{ops.fmt(input.shape)}, got {ops.fmt(target.shape)}")
+        terms = logp * target if weight is None else logp * target * _class_axis(weight, input.ndim)
+        return _reduce(ops.neg(ops.reduce("ReduceSum", terms, 1)), reduction)
+    nll = nll_loss(logp, target, weight, ignore_index, reduction)
+    if not label_smoothing:
+        return nll
+    if weight is not None:
+        raise shape_error("cross_entropy", "label_smoothing together with class weights is not supported yet")
+    smooth = ops.neg(ops.reduce("ReduceMean", logp, 1))  # (N, ...): mean over classes of -log p
+    ignored = ops.compare("Equal", target, ignore_index)
+    smooth = ops.where(ignored, 0.0, smooth)
+    if reduction == "mean":
+        kept = ops.reduce("ReduceSum", ops.cast(ops.compare("Equal", ignored, False), input.dtype))
+        smooth = ops.div(ops.reduce("ReduceSum", smooth), kept)
+    else:
+        smooth = _reduce(smooth, reduction)
+    return ops.add(ops.mul(nll, 1.0 - label_smoothing), ops.mul(smooth, float(label_smoothing)))
+
+
+def _class_axis(weight: Tensor, rank: int) -> Tensor:
+    """A (C,) weight reshaped to broadcast along dim 1 of a rank-``rank`` tensor."""
+    return ops.reshape(weight, *([weight.shape[0]] + [1] * (rank - 2)))
+
+
+def _same_shape(op: str, input: Tensor, target: Tensor) -> None:
+    if input.shape != target.shape and any(
+            isinstance(a, int) and isinstance(b, int) and a != b or (a == 1) != (b == 1)
+            for a, b in zip(input.shape, target.shape)) or input.ndim != target.ndim:
+        raise shape_error(op, f"input {ops.fmt(input.shape)} and target {ops.fmt(target.shape)} differ "
+                              f"(PyTorch would broadcast them with a warning; reshape one to match)")
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean squared error: reduce((input - target) ** 2)."""
+    _check_reduction("mse_loss", reduction)
+    _same_shape("mse_loss", input, target)
+    diff = ops.sub(input, target)
+    return _reduce(ops.mul(diff, diff), reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean absolute error: reduce(|input - target|)."""
+    _check_reduction("l1_loss", reduction)
+    _same_shape("l1_loss", input, target)
+    return _reduce(ops.absolute(ops.sub(input, target)), reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                         reduction: str = "mean") -> Tensor:
+    """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch does."""
+    _check_reduction("binary_cross_entropy", reduction)
+    _same_shape("binary_cross_entropy", input, target)
+    log_p = ops.clip(ops.unary("Log", input), min=-100.0)
+    log_q = ops.clip(ops.unary("Log", ops.sub(1.0, input)), min=-100.0)
+    loss = ops.neg(ops.add(ops.mul(target, log_p), ops.mul(ops.sub(1.0, target), log_q)))
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    return _reduce(loss, reduction)
+

@@ -1,0 +1,56 @@
+"""``nn.Parameter``: a trainable tensor that holds its value (an initializer in the graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphc.dtypes import to_ir_dtype
+from graphc.tensor import Tensor, _to_ir_shape
+
+
+class Parameter(Tensor):
+    """A named leaf Tensor with data; ``gc.compile`` writes it as an initializer.
+
+    While a Trainer trains it, ``.data`` reads the Trainer's current value
+    (fetched from the device on demand, not copied every step).
+    """
+
+    def __init__(self, data, requires_grad: bool = True):
+        array = np.array(data, copy=True)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        value = ir.Value(name="param", shape=_to_ir_shape(array.shape), type=ir.TensorType(to_ir_dtype(array.dtype)))
+        value.const_value = ir.Tensor(array)
+        value.meta["graphc.parameter"] = self
+        super().__init__(value)
+        self.requires_grad = requires_grad
+        self._data = array
+        self._live = None  # set by a Trainer: an object with read(param) and write(param, array)
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._live is not None:
+            return self._live.read(self)
+        return self._data
+
+    @data.setter
+    def data(self, array) -> None:
+        array = np.asarray(array)
+        if array.shape != self._data.shape:
+            raise ValueError(f"parameter {self.name!r}: expected shape {self._data.shape}, got {array.shape}")
+        array = np.array(array, dtype=self._data.dtype, copy=True)
+        self._data = array
+        if self._live is not None:
+            self._live.write(self, array)
+
+    def numpy(self) -> np.ndarray:
+        return np.array(self.data, copy=True)
+
+    def __repr__(self) -> str:
+        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def parameter_of(value: ir.Value) -> Parameter | None:
+    """The Parameter behind a graph value, if any."""
+    return value.meta.get("graphc.parameter")

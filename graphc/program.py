@@ -1,0 +1,91 @@
+"""``gc.compile``: symbolic outputs -> a standard ONNX model and a session that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphc.nn.parameter import parameter_of
+from graphc.tensor import Tensor
+from passes.extract import extract_model
+from runtime.input_files import check_feeds, input_specs
+from runtime.training_session import create_session
+
+
+def refresh_parameter(value: ir.Value) -> None:
+    """Put a Parameter's current value (possibly being trained) into its graph value."""
+    param = parameter_of(value)
+    if param is not None:
+        value.const_value = ir.Tensor(np.array(param.data, copy=True))
+
+
+def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_string: str = "") -> ir.Model:
+    """The ``onnx_ir`` model computing ``outputs`` from ``inputs`` with current parameter values."""
+    if isinstance(outputs, Tensor):
+        outputs = {"output": outputs}
+    for name, out in outputs.items():
+        if not isinstance(out, Tensor):
+            raise TypeError(f"output {name!r} must be a Tensor, got {type(out).__name__}")
+    for t in inputs:
+        if not isinstance(t, Tensor) or t.value.producer() is not None or t.value.const_value is not None:
+            raise TypeError(f"inputs must be tensors made by gc.input(), got {t!r}")
+    return extract_model([t.value for t in inputs], {k: v.value for k, v in outputs.items()},
+                         doc_string=doc_string, refresh=refresh_parameter)
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+class Program:
+    """A compiled inference program: ``run`` feeds numpy arrays, ``save`` writes standard ONNX."""
+
+    def __init__(self, model: ir.Model, provider: str = "cpu"):
+        self.model: onnx.ModelProto = to_proto(model)
+        self.provider = provider
+        self._session = None
+        self._specs = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = create_session(self.model, self.provider)
+            self._specs = input_specs(self.model)
+            self._output_names = [o.name for o in self._session.get_outputs()]
+        return self._session
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.model.graph.input]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.model.graph.output]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on numpy feeds; names, dtypes and shapes are checked first (clear errors)."""
+        session = self.session
+        checked = check_feeds(self._specs, dict(feeds))
+        return dict(zip(self._output_names, session.run(self._output_names, checked)))
+
+    def __call__(self, **feeds) -> dict[str, np.ndarray]:
+        return self.run(feeds)
+
+    def save(self, path) -> None:
+        """Write the model as a standard ``.onnx`` file (checked first)."""
+        onnx.checker.check_model(self.model, full_check=True)
+        onnx.save_model(self.model, str(path))
+
+
+def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "") -> Program:  # noqa: A001
+    """Compile symbolic ``outputs`` (a dict name -> Tensor, or one Tensor) of ``inputs`` into a Program.
+
+    >>> import graphc as gc, numpy as np
+    >>> x = gc.input("x", ("batch", 2))
+    >>> gc.compile([x], {"y": x * 2}).run({"x": np.ones((1, 2), np.float32)})["y"].tolist()
+    [[2.0, 2.0]]
+    """
+    return Program(build_model(list(inputs), outputs, doc_string or "graphc inference program"), provider)

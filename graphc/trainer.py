@@ -1,0 +1,125 @@
+"""``gc.Trainer``: compiles loss + optimizer into one training-step graph and runs it on ONNX Runtime.
+
+Build: the forward graph of ``loss`` (and metrics) -> ``passes.training_step``
+(autodiff + optimizer update) -> ``runtime.TrainingSession``, which keeps
+parameters and optimizer state on the device. The trained Parameters read
+their values from the session on demand, so ``model.state_dict()`` is
+current without a per-step copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphc.nn.parameter import Parameter
+from graphc.optim import Optimizer
+from graphc.program import build_model, to_proto
+from graphc.tensor import Tensor
+from passes.training_step import build_training_step
+from runtime.training_session import NonFiniteLossError, TrainingSession
+
+__all__ = ["Trainer", "NonFiniteLossError"]
+
+
+class _LiveParameters:
+    """The bridge a Parameter uses to read/write its value inside a running TrainingSession."""
+
+    def __init__(self, session: TrainingSession, names: dict[int, str]):
+        self.session = session
+        self.names = names
+
+    def read(self, param: Parameter) -> np.ndarray:
+        return self.session.read(self.names[id(param)])
+
+    def write(self, param: Parameter, array: np.ndarray) -> None:
+        self.session.write(self.names[id(param)], array)
+
+
+class Trainer:
+    """Runs training steps of ``loss`` with ``optimizer`` as single ONNX Runtime calls.
+
+    Args:
+        loss: a scalar Tensor built from ``inputs`` and parameters.
+        optimizer: a ``gc.optim`` optimizer over the parameters to train.
+        inputs: the batch inputs (``gc.input`` tensors), fed by name to ``step``.
+        provider: "cpu", "cuda" or "auto".
+        seed: fixes every random draw of the step (dropout masks).
+        metrics: extra scalar or batch outputs computed with the loss, returned by ``last_metrics``.
+        max_grad_norm: clip gradients by global norm (``clip_grad_norm_``); the norm is in ``last_metrics``.
+        nan_policy: "raise" (default) or "skip" for steps whose loss is not finite.
+    """
+
+    def __init__(self, loss: Tensor, optimizer: Optimizer, inputs: Sequence[Tensor], provider: str = "cpu",
+                 seed: int = 0, metrics: Mapping[str, Tensor] | None = None, max_grad_norm: float | None = None,
+                 nan_policy: str = "raise", threads: int | None = None):
+        if not isinstance(loss, Tensor) or loss.shape != ():
+            raise ValueError(f"the loss must be a scalar Tensor, got {loss!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a gc.optim optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.seed = seed
+        outputs = {"loss": loss, **dict(metrics or {})}
+        forward = build_model(list(inputs), outputs, doc_string="graphc training step")
+        names = self._trainable_names(forward, optimizer.params)
+        step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm)
+        step.model.doc_string = ("graphc training step: forward, backward and optimizer update in standard "
+                                 "ai.onnx ops. Inputs: batch, parameters, optimizer state, step, lr; "
+                                 "outputs: loss, metrics, then '<input>.updated' for every carried input.")
+        self.step_model: onnx.ModelProto = to_proto(step.model)
+        self.session = TrainingSession(self.step_model, step.initial_values, provider, nan_policy, threads)
+        self.metric_names = step.extra_outputs + (["grad_norm"] if max_grad_norm is not None else [])
+        self.last_metrics: dict[str, np.ndarray] = {}
+        self._params = names
+        live = _LiveParameters(self.session, names)
+        for param in optimizer.params:
+            if id(param) in names:
+                param._live = live
+        optimizer._lr_listeners.append(lambda lr: self.session.set_input("lr", lr))
+
+    @staticmethod
+    def _trainable_names(forward: ir.Model, params: Sequence[Parameter]) -> dict[int, str]:
+        """Graph names of the optimizer's parameters that the loss uses (others get no gradient, as in torch)."""
+        by_param = {}
+        for value in forward.graph.initializers.values():
+            param = value.meta.get("graphc.parameter")
+            if param is not None:
+                by_param[id(param)] = value.name
+        return {id(p): by_param[id(p)] for p in params if id(p) in by_param}
+
+    # ---- stepping -------------------------------------------------------
+    def step(self, feeds: Mapping[str, np.ndarray]) -> float:
+        """One training step (forward, backward, update) on a batch; returns the loss."""
+        results = self.session.run(feeds if isinstance(feeds, dict) else dict(feeds))
+        loss = results.pop("loss")
+        self.last_metrics = results
+        return float(loss)
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.session.read("step"))
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.session.skipped_steps
+
+    # ---- export -----------------------------------------------------------
+    def training_model(self) -> onnx.ModelProto:
+        """The training step with the current parameters, state, step and lr as initializers."""
+        model = copy.deepcopy(self.step_model)
+        graph = model.graph
+        values = {name: self.session.read(name) for name in self.session.state_names()}
+        values["lr"] = np.asarray(self.optimizer.lr, dtype=self.session._extra_inputs["lr"].dtype)
+        for name, array in values.items():
+            graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
+        return model
+
+    def save(self, path) -> None:
+        """Write the training step as standard ONNX; ``InferenceSession(path).run(None, batch)`` trains one step."""
+        model = self.training_model()
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save_model(model, str(path))

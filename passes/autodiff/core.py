@@ -1,0 +1,124 @@
+"""Reverse-mode automatic differentiation over ``onnx_ir`` values.
+
+``vjp`` walks the nodes between the ``wrt`` values and the outputs, visits them
+in reverse topological order and calls each op's registered rule. It creates
+free-standing nodes (kept in the emitter, in topological order); callers
+either append them to a graph (the autodiff pass, the training step) or wrap
+the resulting values (``gc.grad``).
+
+Invariants: only nodes that depend on a ``wrt`` value and lead to an output
+are visited; a value used several times gets the sum of its cotangents;
+integer and boolean values carry no cotangent; ``Identity`` nodes marked with
+the ``graphc.stop_gradient`` metadata key stop the flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+import passes.autodiff.rules  # noqa: F401  (registers every rule)
+from passes.autodiff.registry import VJP_RULES, MissingGradientError, VJPContext, is_float
+from passes.emitter import Emitter
+
+STOP_GRADIENT_KEY = "graphc.stop_gradient"
+
+
+def _nodes_leading_to(outputs: Sequence[ir.Value], stop: set[ir.Value]) -> list[ir.Node]:
+    """Producer nodes reachable backwards from ``outputs``, in topological order."""
+    order: list[ir.Node] = []
+    seen: set[ir.Node] = set()
+    for out in outputs:
+        if out in stop or out.producer() is None:
+            continue
+        stack = [(out.producer(), False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            for value in node.inputs:
+                if value is not None and value not in stop and value.producer() is not None \
+                        and value.producer() not in seen:
+                    stack.append((value.producer(), False))
+    return order
+
+
+def _is_stop_gradient(node: ir.Node) -> bool:
+    return node.metadata_props.get(STOP_GRADIENT_KEY) == "1"
+
+
+def _sum(emitter: Emitter, parts: list[ir.Value]) -> ir.Value:
+    return parts[0] if len(parts) == 1 else emitter.op("Sum", parts)
+
+
+def _ones_like(emitter: Emitter, value: ir.Value) -> ir.Value:
+    if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+        return emitter.const(np.ones(tuple(value.shape), dtype=value.dtype.numpy()))
+    one = ir.Tensor(np.ones((1,), dtype=value.dtype.numpy()))
+    return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": one})
+
+
+def _zeros_like(emitter: Emitter, value: ir.Value) -> ir.Value:
+    zero = ir.Tensor(np.zeros((1,), dtype=value.dtype.numpy()))
+    return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": zero})
+
+
+def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
+        seeds: Sequence[ir.Value | None] | None = None,
+        emitter: Emitter | None = None) -> tuple[list[ir.Value], Emitter]:
+    """Cotangents of ``wrt`` for ``sum(seed_i * outputs_i)``.
+
+    ``seeds`` default to ones shaped like each output. Returns one value per
+    ``wrt`` entry (zeros when an entry does not influence the outputs) and the
+    emitter holding the new nodes in topological order.
+    """
+    emitter = emitter or Emitter("grad")
+    for w in wrt:
+        if not is_float(w):
+            raise TypeError(f"cannot differentiate with respect to {w.name!r} of dtype {w.dtype}")
+    wrt_set = set(wrt)
+    nodes = _nodes_leading_to(outputs, stop=set())
+    depends: set[ir.Value] = set(wrt_set)
+    active: list[ir.Node] = []
+    for node in nodes:
+        if _is_stop_gradient(node):
+            continue
+        if any(v in depends for v in node.inputs if is_float(v)) and any(is_float(o) for o in node.outputs):
+            active.append(node)
+            depends.update(o for o in node.outputs if is_float(o))
+
+    contributions: dict[ir.Value, list[ir.Value]] = {}
+    seeds = list(seeds) if seeds is not None else [None] * len(outputs)
+    for out, seed in zip(outputs, seeds):
+        if out in depends:
+            contributions.setdefault(out, []).append(seed if seed is not None else _ones_like(emitter, out))
+
+    for node in reversed(active):
+        out_grads = [_sum(emitter, contributions[o]) if o in contributions else None for o in node.outputs]
+        if all(g is None for g in out_grads):
+            continue
+        rule = VJP_RULES.get(node.op_type)
+        if rule is None:
+            raise MissingGradientError(
+                f"no gradient rule for ONNX op {node.op_type!r} (node {node.name!r}); "
+                f"registered: {', '.join(sorted(VJP_RULES))}")
+        needs = [v is not None and v in depends and is_float(v) for v in node.inputs]
+        in_grads = rule(VJPContext(node, out_grads, needs, emitter))
+        for value, grad, need in zip(node.inputs, in_grads, needs):
+            if need and grad is not None:
+                contributions.setdefault(value, []).append(grad)
+
+    results = []
+    for w in wrt:
+        grad = _sum(emitter, contributions[w]) if w in contributions else _zeros_like(emitter, w)
+        grad.type = ir.TensorType(w.dtype)
+        grad.shape = ir.Shape(list(w.shape)) if w.shape is not None else None
+        results.append(grad)
+    return results, emitter

@@ -1,0 +1,53 @@
+"""VJP rules of the Reduce* ops (axes as an input, opset 18+)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from passes.autodiff.helpers import reduction_axes, restore_reduced, static_dims
+from passes.autodiff.registry import VJPContext, register_vjp
+from passes.autodiff.rules.shape import _shape_of
+
+
+@register_vjp("ReduceSum")
+def reduce_sum_vjp(ctx: VJPContext):
+    """ReduceSum(x, axes; keepdims) -> y;  dx = Expand(g with reduced axes restored, shape(x))."""
+    x = ctx.inputs[0]
+    g = restore_reduced(ctx, ctx.g, reduction_axes(ctx))
+    return [ctx.op("Expand", [g, _shape_of(ctx, x)]), None]
+
+
+def _reduced_count(ctx: VJPContext, axes: list[int]):
+    """How many elements each output of a reduction averages, as a scalar of x's dtype."""
+    x = ctx.inputs[0]
+    dims = static_dims(x)
+    if all(isinstance(dims[a], int) for a in axes):
+        return ctx.const(float(np.prod([dims[a] for a in axes])), x)
+    sizes = ctx.op("Gather", [ctx.op("Shape", [x]), ctx.e.ints(axes)])
+    count = ctx.op("ReduceProd", [sizes], {"keepdims": 0})
+    return ctx.op("Cast", [count], {"to": x.dtype})
+
+
+@register_vjp("ReduceMean")
+def reduce_mean_vjp(ctx: VJPContext):
+    """ReduceMean(x, axes; keepdims) -> y;  dx = Expand(restored g, shape(x)) / count."""
+    x = ctx.inputs[0]
+    axes = reduction_axes(ctx)
+    g = restore_reduced(ctx, ctx.g, axes)
+    g = ctx.op("Div", [g, _reduced_count(ctx, axes)])
+    return [ctx.op("Expand", [g, _shape_of(ctx, x)]), None]
+
+
+def _reduce_extreme_vjp(ctx: VJPContext):
+    """ReduceMax/Min(x, axes) -> y;  dx = g * (x == y) / count(x == y): ties share evenly (torch.amax)."""
+    x = ctx.inputs[0]
+    axes = reduction_axes(ctx)
+    y = restore_reduced(ctx, ctx.outputs[0], axes)
+    g = restore_reduced(ctx, ctx.g, axes)
+    mask = ctx.op("Cast", [ctx.op("Equal", [x, y])], {"to": x.dtype})
+    count = ctx.op("ReduceSum", [mask, ctx.e.ints(axes)], {"keepdims": 1})
+    return [ctx.op("Mul", [mask, ctx.op("Div", [g, count])]), None]
+
+
+register_vjp("ReduceMax")(_reduce_extreme_vjp)
+register_vjp("ReduceMin")(_reduce_extreme_vjp)

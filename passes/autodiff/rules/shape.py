@@ -1,0 +1,115 @@
+"""VJP rules of data-movement ops: reshapes, slices, concatenation, gathers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from passes.autodiff.helpers import static_dims, unbroadcast, zeros_like
+from passes.autodiff.registry import VJPContext, register_vjp
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _shape_of(ctx: VJPContext, value):
+    """``value``'s shape as an int64 tensor: a constant when static, else ``Shape``."""
+    dims = static_dims(value)
+    if dims is not None and all(isinstance(d, int) for d in dims):
+        return ctx.e.ints(dims)
+    return ctx.op("Shape", [value])
+
+
+def _reshape_back(ctx: VJPContext):
+    """dx = Reshape(g, shape(x)): the VJP of every op that only re-labels elements."""
+    return [ctx.op("Reshape", [ctx.g, _shape_of(ctx, ctx.inputs[0])])] + [None] * (len(ctx.inputs) - 1)
+
+
+register_vjp("Reshape")(_reshape_back)
+register_vjp("Flatten")(_reshape_back)
+register_vjp("Squeeze")(_reshape_back)
+register_vjp("Unsqueeze")(_reshape_back)
+
+
+@register_vjp("Expand")
+def expand_vjp(ctx: VJPContext):
+    """Expand(x, shape) -> y;  dx = unbroadcast(g, x)."""
+    return [unbroadcast(ctx, ctx.g, ctx.inputs[0]), None]
+
+
+@register_vjp("Concat")
+def concat_vjp(ctx: VJPContext):
+    """Concat(x1..xn; axis) -> y;  dxi = the i-th piece of Split(g, sizes(xi); axis)."""
+    rank = len(ctx.outputs[0].shape)
+    axis = ctx.attr("axis") % rank
+    sizes = [static_dims(v)[axis] for v in ctx.inputs]
+    if all(isinstance(s, int) for s in sizes):
+        split = ctx.e.ints(sizes)
+    else:
+        split = ctx.op("Concat", [ctx.op("Shape", [v], {"start": axis, "end": axis + 1}) for v in ctx.inputs],
+                       {"axis": 0})
+    pieces = ctx.op("Split", [ctx.g, split], {"axis": axis}, num_outputs=len(ctx.inputs))
+    pieces = pieces if isinstance(pieces, tuple) else (pieces,)
+    return [p if ctx.needs(i) else None for i, p in enumerate(pieces)]
+
+
+def _const_ints(ctx: VJPContext, index: int, default):
+    if len(ctx.inputs) <= index or ctx.inputs[index] is None:
+        return default
+    const = ctx.inputs[index].const_value
+    if const is None:
+        raise NotImplementedError(f"{ctx.node.op_type} with non-constant input {index} has no gradient rule")
+    return [int(v) for v in np.asarray(const.numpy()).reshape(-1)]
+
+
+@register_vjp("Slice")
+def slice_vjp(ctx: VJPContext):
+    """Slice(x, starts, ends, axes, steps=1) -> y;  dx = Pad(g, the cut-off parts) with zeros.
+
+    Starts/ends are normalised like ONNX does (negative counts from the end,
+    then clamped to [0, dim]); static dims give constant pads, symbolic dims
+    compute them from ``Shape(x)``.
+    """
+    x = ctx.inputs[0]
+    rank = len(x.shape)
+    starts, ends = _const_ints(ctx, 1, None), _const_ints(ctx, 2, None)
+    axes = [a % rank for a in _const_ints(ctx, 3, list(range(len(starts))))]
+    steps = _const_ints(ctx, 4, [1] * len(starts))
+    if any(s != 1 for s in steps):
+        raise NotImplementedError("the gradient of Slice with steps other than 1 is not implemented")
+    dims = static_dims(x)
+    begin = [ctx.e.ints([0])] * rank
+    end = [ctx.e.ints([0])] * rank
+    for axis, start, stop in zip(axes, starts, ends):
+        dim = dims[axis]
+        if isinstance(dim, int):
+            s = min(max(start + dim if start < 0 else start, 0), dim)
+            e = min(max(stop + dim if stop < 0 else stop, 0), dim)
+            begin[axis], end[axis] = ctx.e.ints([s]), ctx.e.ints([dim - max(e, s)])
+            continue
+        d = ctx.op("Shape", [x], {"start": axis, "end": axis + 1})
+        zero = ctx.e.ints([0])
+
+        def norm(v):
+            raw = ctx.op("Add", [d, ctx.e.ints([v])]) if v < 0 else ctx.e.ints([min(v, INT64_MAX)])
+            return ctx.op("Min", [ctx.op("Max", [raw, zero]), d])
+
+        s, e = norm(start), norm(stop)
+        begin[axis] = s
+        end[axis] = ctx.op("Sub", [d, ctx.op("Max", [e, s])])
+    pads = ctx.op("Concat", begin + end, {"axis": 0})
+    return [ctx.op("Pad", [ctx.g, pads])] + [None] * (len(ctx.inputs) - 1)
+
+
+@register_vjp("Gather")
+def gather_vjp(ctx: VJPContext):
+    """Gather(x, idx; axis=0) -> y = x[idx];  dx = ScatterND-add of g's rows into zeros(x).
+
+    Repeated indices accumulate (an embedding row used twice gets both
+    cotangents). Only ``axis=0`` is supported, which is what Embedding emits.
+    """
+    if ctx.attr("axis", 0) != 0:
+        raise NotImplementedError("the gradient of Gather is implemented for axis=0 only")
+    x, indices = ctx.inputs
+    idx = ctx.op("Unsqueeze", [indices, ctx.e.ints([-1])])
+    dim0 = ctx.op("Shape", [x], {"start": 0, "end": 1})
+    idx = ctx.op("Where", [ctx.op("Less", [idx, ctx.e.ints([0])]), ctx.op("Add", [idx, dim0]), idx])
+    return [ctx.op("ScatterND", [zeros_like(ctx, x), idx, ctx.g], {"reduction": "add"}), None]

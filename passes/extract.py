@@ -1,0 +1,95 @@
+"""Turn free-standing values (what the builder records) into a standalone ``ir.Model``.
+
+The builder never keeps a global graph: nodes are reachable from the values a
+user asks for. ``extract_model`` collects the nodes between the given inputs
+and outputs, clones them (so the same symbolic model can be compiled many
+times) and names everything. Leaves with a ``const_value`` become
+initializers; any other leaf must be one of ``inputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import onnx_ir as ir
+from onnx_ir.passes.common import (
+    CommonSubexpressionEliminationPass,
+    NameFixPass,
+    RemoveUnusedNodesPass,
+    TopologicalSortPass,
+)
+
+from passes import IR_VERSION, OPSET
+
+
+class MissingInputError(ValueError):
+    """An output depends on a graph input that was not listed."""
+
+
+def _collect(outputs: Sequence[ir.Value], inputs: set[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
+    """Nodes reachable backwards from ``outputs`` (topological order) and the initializer leaves."""
+    order: list[ir.Node] = []
+    seen: set[ir.Node] = set()
+    leaves: dict[ir.Value, None] = {}
+    stack: list[tuple[ir.Node | ir.Value, bool]] = [(v, False) for v in reversed(outputs)]
+    while stack:
+        item, expanded = stack.pop()
+        if isinstance(item, ir.Value):
+            producer = item.producer()
+            if producer is None:
+                if item not in inputs:
+                    if item.const_value is None:
+                        raise MissingInputError(
+                            f"the outputs depend on input {item.name!r}, which is not in inputs="
+                            f"{sorted(v.name for v in inputs)}")
+                    leaves[item] = None
+            elif producer not in seen:
+                stack.append((producer, False))
+            continue
+        if expanded:
+            order.append(item)
+            continue
+        if item in seen:
+            continue
+        seen.add(item)
+        stack.append((item, True))
+        stack.extend((v, False) for v in reversed(item.inputs) if v is not None)
+    return order, list(leaves)
+
+
+def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *,
+                  doc_string: str = "", graph_name: str = "graphc",
+                  refresh: Callable[[ir.Value], None] | None = None) -> ir.Model:
+    """A cloned, named, cleaned-up model computing ``outputs`` from ``inputs``.
+
+    ``refresh`` is called on every initializer leaf before cloning, so the
+    caller can put current parameter values into ``const_value``.
+    """
+    names = [v.name for v in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"input names must be unique, got {names}")
+    clash = set(outputs) & set(names)
+    if clash:
+        raise ValueError(f"output names {sorted(clash)} are also input names")
+    # Outputs that are leaves or repeated get an Identity, so every output is a distinct node output.
+    out_values: list[ir.Value] = []
+    for value in outputs.values():
+        if value.producer() is None or value in out_values:
+            value = ir.Node("", "Identity", [value], name="output/Identity").outputs[0]
+        out_values.append(value)
+    nodes, initializers = _collect(out_values, set(inputs))
+    if refresh is not None:
+        for value in initializers:
+            refresh(value)
+    view = ir.GraphView(list(inputs), out_values, nodes=nodes, initializers=initializers,
+                        opset_imports={"": OPSET}, name=graph_name)
+    graph = view.clone()
+    graph.doc_string = doc_string
+    for value, name in zip(graph.outputs, outputs):
+        value.name = name
+    model = ir.Model(graph, ir_version=IR_VERSION, producer_name="graphc", producer_version="0.1.0",
+                     doc_string=doc_string)
+    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), TopologicalSortPass(),
+                    NameFixPass()):
+        cleanup(model)
+    return model

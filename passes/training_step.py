@@ -1,0 +1,133 @@
+"""Build the whole training step (forward, backward, optimizer update) as one ONNX graph.
+
+Input: a forward model whose output ``loss`` is a scalar and whose trainable
+parameters are initializers. Output: a model whose
+
+- inputs are the batch inputs, then every trainable parameter, every optimizer
+  state slot (``<param>.<slot>``), ``step`` (int64 scalar, steps done so far)
+  and ``lr`` (float scalar, so schedules need no rebuild);
+- outputs are ``loss``, any extra forward outputs (metrics), optional
+  ``grad_norm``, then ``<name>.updated`` for every parameter, slot and ``step``.
+
+``state_pairs`` says which output feeds which input at the next step; the same
+list is stored in the model's ``graphc.state_pairs`` metadata so a saved
+training step describes itself. Works on any model, graphc-built or imported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import (
+    CommonSubexpressionEliminationPass,
+    NameFixPass,
+    RemoveUnusedNodesPass,
+    TopologicalSortPass,
+)
+
+from passes.autodiff.core import vjp
+from passes.emitter import Emitter
+from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
+
+UPDATED = ".updated"
+
+
+@dataclass
+class TrainingStep:
+    model: ir.Model
+    state_pairs: list[tuple[str, str]]  # (input name, output name that feeds it next step)
+    initial_values: dict[str, np.ndarray]  # the starting value of every state input
+    batch_inputs: list[str]
+    extra_outputs: list[str]  # metrics after the loss
+
+
+def _scalar_input(name: str, dtype: ir.DataType) -> ir.Value:
+    return ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(dtype))
+
+
+def _global_norm_clip(e: Emitter, grads: list[ir.Value], max_norm: float, dtype: ir.DataType):
+    """torch.nn.utils.clip_grad_norm_: scale all grads by min(1, max_norm / (norm + 1e-6))."""
+    squares = [e.op("ReduceSum", [e.op("Mul", [g, g])], {"keepdims": 0}) for g in grads]
+    norm = e.op("Sqrt", [squares[0] if len(squares) == 1 else e.op("Sum", squares)])
+    c = lambda v: e.const(np.asarray(v, dtype=dtype.numpy()))  # noqa: E731
+    coef = e.op("Min", [e.op("Div", [c(max_norm), e.op("Add", [norm, c(1e-6)])]), c(1.0)])
+    return [e.op("Mul", [g, coef]) for g in grads], norm
+
+
+def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
+                        loss: str = "loss", max_grad_norm: float | None = None) -> TrainingStep:
+    """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step."""
+    graph = forward.graph
+    outputs = {v.name: v for v in graph.outputs}
+    if loss not in outputs:
+        raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
+    loss_value = outputs[loss]
+    if loss_value.shape is not None and len(loss_value.shape) != 0:
+        raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
+    batch_inputs = [v.name for v in graph.inputs]
+    extra_outputs = [v.name for v in graph.outputs if v.name != loss]
+
+    params, initial = [], {}
+    for name in trainable:
+        value = graph.initializers.get(name)
+        if value is None:
+            raise ValueError(f"trainable parameter {name!r} is not an initializer of the model")
+        initial[name] = np.array(value.const_value.numpy(), copy=True)
+        graph.initializers.pop(name)
+        value.const_value = None
+        graph.inputs.append(value)
+        params.append(value)
+
+    dtype = params[0].dtype if params else ir.DataType.FLOAT
+    step = _scalar_input("step", ir.DataType.INT64)
+    lr = _scalar_input("lr", dtype)
+    graph.inputs.extend([step, lr])
+    hp = optimizer.hparams
+    initial["step"] = np.asarray(0, dtype=np.int64)
+    initial["lr"] = np.asarray(hp["lr"], dtype=dtype.numpy())
+
+    e = Emitter("train")
+    grads, _ = vjp([loss_value], params, emitter=e)
+    new_outputs: list[ir.Value] = [loss_value] + [outputs[n] for n in extra_outputs]
+    if max_grad_norm is not None:
+        grads, norm = _global_norm_clip(e, grads, max_grad_norm, dtype)
+        norm.name = "grad_norm"
+        norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
+        new_outputs.append(norm)
+
+    next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
+    next_step.name = "step" + UPDATED
+    next_step.type, next_step.shape = step.type, step.shape
+    slots_of, update = OPTIMIZERS[optimizer.kind]
+    scalars = StepScalars(e, next_step, lr, dtype)
+    pairs: list[tuple[str, str]] = []
+    updated: list[ir.Value] = []
+    for param, grad in zip(params, grads):
+        state = {}
+        for slot, init in slots_of(hp).items():
+            slot_value = ir.Value(name=f"{param.name}.{slot}", shape=param.shape, type=ir.TensorType(param.dtype))
+            graph.inputs.append(slot_value)
+            initial[slot_value.name] = np.full(initial[param.name].shape, init, dtype=param.dtype.numpy())
+            state[slot] = slot_value
+        new_param, new_state = update(e, scalars, param, grad, state, hp)
+        for source, result in [(param, new_param)] + [(state[k], v) for k, v in new_state.items()]:
+            result = e.op("Identity", [result]) if result.name is not None or result in updated else result
+            result.name = source.name + UPDATED
+            result.type, result.shape = source.type, source.shape
+            updated.append(result)
+            pairs.append((source.name, result.name))
+    updated.append(next_step)
+    pairs.append(("step", next_step.name))
+
+    graph.extend(e.nodes)
+    graph.outputs.clear()
+    graph.outputs.extend(new_outputs + updated)
+    forward.metadata_props["graphc.state_pairs"] = json.dumps(pairs)
+    forward.metadata_props["graphc.batch_inputs"] = json.dumps(batch_inputs)
+    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), TopologicalSortPass(),
+                    NameFixPass()):
+        cleanup(forward)
+    return TrainingStep(forward, pairs, initial, batch_inputs, extra_outputs)

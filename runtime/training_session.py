@@ -1,0 +1,189 @@
+"""Run a training-step model step after step, keeping parameters and optimizer state on the device.
+
+The step model's ``graphc.state_pairs`` say which output becomes which input
+at the next step. Between steps the state never leaves the execution device:
+
+- CPU: plain ``session.run`` with numpy feeds, each step's state outputs fed
+  straight back. Measured on this project's 2-core machine for the MLP step
+  (DESIGN.md): faster than pre-built IOBindings or ``run_with_ort_values``.
+- CUDA: state lives in ``OrtValue``s on the GPU, bound with IOBinding; the
+  outputs go to a second, pre-allocated set (double buffering) and the sets
+  swap after a good step. Only the loss (and metrics) come back to the host.
+
+A non-finite loss leaves the state as it was before the step (the new values
+are simply not adopted) and raises :class:`NonFiniteLossError`, or, with
+``nan_policy="skip"``, is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from runtime.input_files import InputError, check_feeds, input_specs
+from runtime.providers import capture_native_stderr, check_session_providers, clean_ort_message, resolve_providers
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a training step was NaN or infinite; the step was not applied."""
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``provider``; "cuda" that cannot load raises instead of falling back."""
+    providers = resolve_providers(provider)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with capture_native_stderr() as log:
+        session = ort.InferenceSession(data, session_options(threads), providers=providers)
+    check_session_providers(session, provider, log.text)
+    return session
+
+
+class _FastFeedCheck:
+    """Per-step check of batch feeds: a few comparisons; the full message comes from ``check_feeds``."""
+
+    def __init__(self, specs):
+        self.specs = specs
+        self.expected = [(s.name, s.dtype, s.shape) for s in specs]
+        self.names = {s.name for s in specs}
+
+    def __call__(self, feeds: dict) -> None:
+        ok = len(feeds) == len(self.expected)
+        dims: dict[str, int] = {}
+        if ok:
+            for name, dtype, shape in self.expected:
+                array = feeds.get(name)
+                if type(array) is not np.ndarray or array.dtype != dtype or array.ndim != len(shape):
+                    ok = False
+                    break
+                for want, got in zip(shape, array.shape):
+                    if isinstance(want, int):
+                        if want != got:
+                            ok = False
+                    elif want is not None and dims.setdefault(want, got) != got:
+                        ok = False
+        if not ok:
+            check_feeds(self.specs, {k: v for k, v in feeds.items()})  # raises with the precise message
+            raise InputError(f"bad feeds; expected inputs {sorted(self.names)}, got {sorted(feeds)}")
+
+
+class TrainingSession:
+    """Owns the ONNX Runtime session of a training step and the state carried between steps."""
+
+    def __init__(self, model: onnx.ModelProto, initial_values: dict[str, np.ndarray], provider: str = "cpu",
+                 nan_policy: str = "raise", threads: int | None = None):
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
+        meta = {p.key: p.value for p in model.metadata_props}
+        self.state_pairs = [tuple(p) for p in json.loads(meta["graphc.state_pairs"])]
+        self.batch_inputs = json.loads(meta["graphc.batch_inputs"])
+        self.provider = provider
+        self.nan_policy = nan_policy
+        self.skipped_steps = 0
+        self.session = create_session(model, provider, threads)
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        state_inputs = {i for i, _ in self.state_pairs}
+        specs = [s for s in input_specs(model) if s.name in set(self.batch_inputs)]
+        self._check = _FastFeedCheck(specs)
+        self._source_of = {out: inp for inp, out in self.state_pairs}
+        self._result_names = [n for n in self.output_names if n not in self._source_of]
+        missing = state_inputs - set(initial_values)
+        if missing:
+            raise ValueError(f"no initial value for state inputs {sorted(missing)}")
+        self._dtypes = {name: initial_values[name].dtype for name in state_inputs}
+        self._extra_inputs = {k: np.asarray(v) for k, v in initial_values.items() if k not in state_inputs}
+        if self.device == "cuda":
+            self._init_cuda(initial_values)
+        else:
+            self.state = {name: np.array(initial_values[name], copy=True) for name in state_inputs}
+
+    # ---- one step -----------------------------------------------------
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One training step; returns the loss and other non-state outputs (host numpy arrays)."""
+        self._check(batch)
+        if self.device == "cuda":
+            return self._run_cuda(batch)
+        outputs = self.session.run(self.output_names, {**batch, **self._extra_inputs, **self.state})
+        results = dict(zip(self.output_names, outputs))
+        if self._finite(results):
+            for inp, out in self.state_pairs:
+                self.state[inp] = results[out]
+        return {n: results[n] for n in self._result_names}
+
+    def _finite(self, results) -> bool:
+        loss = float(results[self.output_names[0]])
+        if math.isfinite(loss):
+            return True
+        step = int(self.read("step"))
+        if self.nan_policy == "skip":
+            self.skipped_steps += 1
+            return False
+        raise NonFiniteLossError(
+            f"the loss is {loss} at step {step + 1}; the update was not applied, parameters and optimizer "
+            f"state keep their values from before this step (use nan_policy='skip' to skip such steps)")
+
+    # ---- state access (parameters read back on demand) ------------------
+    def read(self, name: str) -> np.ndarray:
+        if self.device == "cuda":
+            return self._current[name].numpy()
+        return np.array(self.state[name], copy=True)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array, dtype=self._dtypes[name])
+        if self.device == "cuda":
+            self._current[name].update_inplace(array)
+        else:
+            self.state[name] = np.array(array, copy=True)
+
+    def set_input(self, name: str, value) -> None:
+        """Change a fed-every-step input that is not carried state (the learning rate ``lr``)."""
+        if name not in self._extra_inputs:
+            raise KeyError(f"{name!r} is not a settable input; settable: {sorted(self._extra_inputs)}")
+        self._extra_inputs[name] = np.asarray(value, dtype=self._extra_inputs[name].dtype)
+
+    def state_names(self) -> list[str]:
+        return [inp for inp, _ in self.state_pairs]
+
+    # ---- CUDA: device-resident state with IOBinding, double-buffered ----
+    def _init_cuda(self, initial_values) -> None:
+        def device_copy(array):
+            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+
+        self._current = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
+        self._spare = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
+        self._binding = self.session.io_binding()
+
+    def _run_cuda(self, batch):
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in {**batch, **self._extra_inputs}.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for inp, _ in self.state_pairs:
+            binding.bind_ortvalue_input(inp, self._current[inp])
+        for name in self._result_names:
+            binding.bind_output(name, "cpu")
+        for inp, out in self.state_pairs:
+            binding.bind_ortvalue_output(out, self._spare[inp])
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # ORT's pybind errors
+            raise RuntimeError(f"training step failed on CUDA: {clean_ort_message(exc)}") from None
+        outputs = binding.get_outputs()
+        index = {name: i for i, name in enumerate(self._result_names)}
+        results = {name: outputs[index[name]].numpy() for name in self._result_names}
+        if self._finite({self.output_names[0]: results[self.output_names[0]]}):
+            self._current, self._spare = self._spare, self._current
+        return results
