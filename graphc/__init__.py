@@ -8,7 +8,7 @@ Layers: ``graphc`` (this front end) imports ``passes`` (graph transformations)
 and ``runtime`` (ONNX Runtime sessions); neither of those imports ``graphc``.
 """
 
-from graphc import nn, optim
+from graphc import data, nn, optim
 from graphc.autograd import grad
 from graphc.errors import GraphcError, ShapeError
 from graphc.ops import clip, concat, stack, where
@@ -19,5 +19,5 @@ from graphc.trainer import NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
+__all__ = ["data", "nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
            "concat", "stack", "where", "clip", "GraphcError", "ShapeError", "NonFiniteLossError", "__version__"]

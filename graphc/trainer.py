@@ -10,11 +10,12 @@ current without a per-step copy.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+from tqdm.auto import tqdm
 
 from graphc.nn.parameter import Parameter
 from graphc.optim import Optimizer
@@ -63,6 +64,7 @@ class Trainer:
             raise TypeError(f"optimizer must be a gc.optim optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.seed = seed
+        self.input_names = [t.name for t in inputs]
         outputs = {"loss": loss, **dict(metrics or {})}
         forward = build_model(list(inputs), outputs, doc_string="graphc training step")
         names = self._trainable_names(forward, optimizer.params)
@@ -106,6 +108,51 @@ class Trainer:
     @property
     def skipped_steps(self) -> int:
         return self.session.skipped_steps
+
+    def fit(self, loader, epochs: int = 1, *, validate: Callable[[], dict] | None = None,
+            monitor: str = "val_loss", mode: str = "min", patience: int | None = None,
+            progress: bool = True) -> list[dict]:
+        """Train for ``epochs`` over ``loader`` with a progress bar; returns one record per epoch.
+
+        ``loader`` yields tuples in the order of ``inputs`` (or dicts by input
+        name). ``validate()`` returns metrics merged into each epoch's record;
+        with ``patience``, training stops early when ``monitor`` has not
+        improved (``mode`` "min" or "max") for that many epochs.
+        """
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        history: list[dict] = []
+        best, waited = None, 0
+        for epoch in range(1, epochs + 1):
+            total, count = 0.0, 0
+            bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False,
+                       dynamic_ncols=True)
+            for batch in bar:
+                feeds = batch if isinstance(batch, dict) else dict(zip(self.input_names, batch))
+                total += self.step(feeds)
+                count += 1
+                if count % 10 == 0:
+                    bar.set_postfix(loss=f"{total / count:.4f}")
+            record = {"epoch": epoch, "loss": total / max(count, 1)}
+            if validate is not None:
+                record.update(validate())
+            history.append(record)
+            if progress:
+                tqdm.write("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in record.items()))
+            if patience is not None:
+                if monitor not in record:
+                    raise KeyError(f"early stopping monitors {monitor!r}, but the epoch record has {sorted(record)}")
+                value = record[monitor]
+                if best is None or (value < best if mode == "min" else value > best):
+                    best, waited = value, 0
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        if progress:
+                            tqdm.write(f"early stopping: {monitor} did not improve for {patience} epochs")
+                        break
+        return history
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:
