@@ -53,11 +53,14 @@ class Trainer:
         metrics: extra scalar or batch outputs computed with the loss, returned by ``last_metrics``.
         max_grad_norm: clip gradients by global norm (``clip_grad_norm_``); the norm is in ``last_metrics``.
         nan_policy: "raise" (default) or "skip" for steps whose loss is not finite.
+        threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+        fuse_update: update all parameters as one concatenated vector (faster; state inputs are then
+            ``optimizer.<slot>`` instead of ``<param>.<slot>``).
     """
 
     def __init__(self, loss: Tensor, optimizer: Optimizer, inputs: Sequence[Tensor], provider: str = "cpu",
                  seed: int = 0, metrics: Mapping[str, Tensor] | None = None, max_grad_norm: float | None = None,
-                 nan_policy: str = "raise", threads: int | None = None):
+                 nan_policy: str = "raise", threads: int | None = None, fuse_update: bool = True):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ValueError(f"the loss must be a scalar Tensor, got {loss!r}")
         if not isinstance(optimizer, Optimizer):
@@ -68,7 +71,8 @@ class Trainer:
         outputs = {"loss": loss, **dict(metrics or {})}
         forward = build_model(list(inputs), outputs, doc_string="graphc training step")
         names = self._trainable_names(forward, optimizer.params)
-        step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm)
+        step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm,
+                                   fuse_update=fuse_update)
         step.model.doc_string = ("graphc training step: forward, backward and optimizer update in standard "
                                  "ai.onnx ops. Inputs: batch, parameters, optimizer state, step, lr; "
                                  "outputs: loss, metrics, then '<input>.updated' for every carried input.")

@@ -57,9 +57,76 @@ def _global_norm_clip(e: Emitter, grads: list[ir.Value], max_norm: float, dtype:
     return [e.op("Mul", [g, coef]) for g in grads], norm
 
 
+def _carry(e: Emitter, source: ir.Value, result: ir.Value, pairs: list, updated: list) -> None:
+    """Make ``result`` the output ``<source>.updated`` that feeds ``source`` at the next step."""
+    result = e.op("Identity", [result]) if result.name is not None or result in updated else result
+    result.name = source.name + UPDATED
+    result.type, result.shape = source.type, source.shape
+    updated.append(result)
+    pairs.append((source.name, result.name))
+
+
+def _state_input(graph: ir.Graph, name: str, like: ir.Value, shape: ir.Shape) -> ir.Value:
+    value = ir.Value(name=name, shape=shape, type=ir.TensorType(like.dtype))
+    graph.inputs.append(value)
+    return value
+
+
+def _apply_per_parameter(e, graph, scalars, optimizer, params, grads, initial):
+    """One update per parameter; state slots are inputs named ``<param>.<slot>``."""
+    slots_of, update = OPTIMIZERS[optimizer.kind]
+    pairs: list[tuple[str, str]] = []
+    updated: list[ir.Value] = []
+    for param, grad in zip(params, grads):
+        state = {}
+        for slot, init in slots_of(optimizer.hparams).items():
+            state[slot] = _state_input(graph, f"{param.name}.{slot}", param, param.shape)
+            initial[state[slot].name] = np.full(initial[param.name].shape, init, dtype=param.dtype.numpy())
+        new_param, new_state = update(e, scalars, param, grad, state, optimizer.hparams)
+        _carry(e, param, new_param, pairs, updated)
+        for slot, value in new_state.items():
+            _carry(e, state[slot], value, pairs, updated)
+    return pairs, updated
+
+
+def _apply_flat(e, graph, scalars, optimizer, params, grads, initial):
+    """One update over all parameters concatenated (a multi-tensor apply).
+
+    Optimizer math is element-wise, so updating the concatenation equals
+    updating each parameter; it replaces ~13 small element-wise ops per
+    parameter by 13 ops in all, plus one Concat of parameters, one of
+    gradients and one Split. State slots are flat inputs ``optimizer.<slot>``
+    laid out in parameter order.
+    """
+    slots_of, update = OPTIMIZERS[optimizer.kind]
+    sizes = [int(np.prod(initial[p.name].shape)) for p in params]
+    total = sum(sizes)
+    flat_shape = ir.Shape([total])
+    minus_one = e.ints([-1])
+    flat_p = e.op("Concat", [e.op("Reshape", [p, minus_one]) for p in params], {"axis": 0})
+    flat_g = e.op("Concat", [e.op("Reshape", [g, minus_one]) for g in grads], {"axis": 0})
+    state = {}
+    for slot, init in slots_of(optimizer.hparams).items():
+        state[slot] = _state_input(graph, f"optimizer.{slot}", params[0], flat_shape)
+        initial[state[slot].name] = np.full((total,), init, dtype=params[0].dtype.numpy())
+    new_flat, new_state = update(e, scalars, flat_p, flat_g, state, optimizer.hparams)
+    pairs: list[tuple[str, str]] = []
+    updated: list[ir.Value] = []
+    pieces = e.op("Split", [new_flat, e.ints(sizes)], {"axis": 0}, num_outputs=len(params))
+    for param, piece in zip(params, pieces):
+        _carry(e, param, e.op("Reshape", [piece, e.ints(initial[param.name].shape)]), pairs, updated)
+    for slot, value in new_state.items():
+        _carry(e, state[slot], value, pairs, updated)
+    return pairs, updated
+
+
 def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
-                        loss: str = "loss", max_grad_norm: float | None = None) -> TrainingStep:
-    """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step."""
+                        loss: str = "loss", max_grad_norm: float | None = None,
+                        fuse_update: bool = True) -> TrainingStep:
+    """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step.
+
+    ``fuse_update`` applies the optimizer to all parameters at once (see ``_apply_flat``).
+    """
     graph = forward.graph
     outputs = {v.name: v for v in graph.outputs}
     if loss not in outputs:
@@ -101,24 +168,10 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
     next_step.name = "step" + UPDATED
     next_step.type, next_step.shape = step.type, step.shape
-    slots_of, update = OPTIMIZERS[optimizer.kind]
     scalars = StepScalars(e, next_step, lr, dtype)
-    pairs: list[tuple[str, str]] = []
-    updated: list[ir.Value] = []
-    for param, grad in zip(params, grads):
-        state = {}
-        for slot, init in slots_of(hp).items():
-            slot_value = ir.Value(name=f"{param.name}.{slot}", shape=param.shape, type=ir.TensorType(param.dtype))
-            graph.inputs.append(slot_value)
-            initial[slot_value.name] = np.full(initial[param.name].shape, init, dtype=param.dtype.numpy())
-            state[slot] = slot_value
-        new_param, new_state = update(e, scalars, param, grad, state, hp)
-        for source, result in [(param, new_param)] + [(state[k], v) for k, v in new_state.items()]:
-            result = e.op("Identity", [result]) if result.name is not None or result in updated else result
-            result.name = source.name + UPDATED
-            result.type, result.shape = source.type, source.shape
-            updated.append(result)
-            pairs.append((source.name, result.name))
+    flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
+    apply = _apply_flat if flat else _apply_per_parameter
+    pairs, updated = apply(e, graph, scalars, optimizer, params, grads, initial)
     updated.append(next_step)
     pairs.append(("step", next_step.name))
 

@@ -139,7 +139,7 @@ def clip_vjp(ctx: VJPContext):
 def where_vjp(ctx: VJPContext):
     """Where(c, a, b) -> y;  da = unbroadcast(g where c), db = unbroadcast(g where not c)."""
     cond, a, b = ctx.inputs
-    zero = ctx.const(0, ctx.g)
+    zero = ctx.const(0, ctx.outputs[0])  # cotangents may carry no dtype; the output's is theirs
     da = unbroadcast(ctx, ctx.op("Where", [cond, ctx.g, zero]), a) if ctx.needs(1) else None
     db = unbroadcast(ctx, ctx.op("Where", [cond, zero, ctx.g]), b) if ctx.needs(2) else None
     return [None, da, db]

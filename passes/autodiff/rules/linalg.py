@@ -88,7 +88,7 @@ def gemm_vjp(ctx: VJPContext):
         else:
             db = ctx.op("Gemm", [g, a], {"transA": 1, "transB": ta, **scale})
     if c is not None and ctx.needs(2):
-        gc_ = g if beta == 1.0 else ctx.op("Mul", [g, ctx.const(beta, g)])
+        gc_ = g if beta == 1.0 else ctx.op("Mul", [g, ctx.const(beta, ctx.outputs[0])])
         dc = unbroadcast(ctx, gc_, c)
     return [da, db, dc]
 
