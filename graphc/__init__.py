@@ -15,9 +15,10 @@ from graphc.ops import clip, concat, stack, where
 from graphc.program import Program, compile
 from graphc.random import manual_seed
 from graphc.tensor import Tensor, constant, input
-from graphc.trainer import NonFiniteLossError, Trainer
+from graphc.trainer import CheckpointError, NonFiniteLossError, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["data", "nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
-           "concat", "stack", "where", "clip", "GraphcError", "ShapeError", "NonFiniteLossError", "__version__"]
+           "concat", "stack", "where", "clip", "GraphcError", "ShapeError", "NonFiniteLossError", "CheckpointError",
+           "__version__"]

@@ -472,6 +472,6 @@ def stack(tensors, dim: int = 0) -> Tensor:
 
 def clip(x: Tensor, min=None, max=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
     """``gc.clip(x, min, max)`` (``torch.clamp``) (ONNX Clip; gradient passes inside the bounds)."""
-    lo = constant(np.asarray(min, dtype=x.dtype)) if min is not None else None
-    hi = constant(np.asarray(max, dtype=x.dtype)) if max is not None else None
+    lo = constant(min, dtype=x.dtype) if min is not None else None
+    hi = constant(max, dtype=x.dtype) if max is not None else None
     return emit("Clip", [x, lo, hi], shape=x.shape, dtype=x.dtype)

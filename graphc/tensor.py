@@ -211,7 +211,7 @@ def as_tensor(x, like: Tensor | None = None, op: str = "op") -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, (bool, int, float, np.number)) and like is not None:
-        return constant(np.asarray(x, dtype=like.dtype))
+        return constant(x, dtype=like.dtype)
     if isinstance(x, (bool, int, float, np.number, np.ndarray, list, tuple)):
         return constant(x)
     raise shape_error(op, f"expected a Tensor or a number, got {type(x).__name__}")

@@ -22,9 +22,10 @@ from graphc.optim import Optimizer
 from graphc.program import build_model, to_proto
 from graphc.tensor import Tensor
 from passes.training_step import build_training_step
+from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from runtime.training_session import NonFiniteLossError, TrainingSession
 
-__all__ = ["Trainer", "NonFiniteLossError"]
+__all__ = ["Trainer", "NonFiniteLossError", "CheckpointError"]
 
 
 class _LiveParameters:
@@ -81,6 +82,7 @@ class Trainer:
         self.metric_names = step.extra_outputs + (["grad_norm"] if max_grad_norm is not None else [])
         self.last_metrics: dict[str, np.ndarray] = {}
         self._params = names
+        self._loader = None
         live = _LiveParameters(self.session, names)
         for param in optimizer.params:
             if id(param) in names:
@@ -125,6 +127,7 @@ class Trainer:
         """
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self._loader = loader
         history: list[dict] = []
         best, waited = None, 0
         for epoch in range(1, epochs + 1):
@@ -157,6 +160,56 @@ class Trainer:
                             tqdm.write(f"early stopping: {monitor} did not improve for {patience} epochs")
                         break
         return history
+
+    # ---- checkpoints ------------------------------------------------------
+    def save_checkpoint(self, path, loader=None) -> None:
+        """Atomically save parameters, optimizer state, step, lr, seed and (if any) the data position.
+
+        ``loader`` defaults to the DataLoader last driven by ``fit``.
+        """
+        loader = loader if loader is not None else self._loader
+        arrays = {name: self.session.read(name) for name in self.session.state_names()}
+        metadata = {
+            "steps_done": self.steps_done,
+            "lr": float(self.optimizer.lr),
+            "seed": self.seed,
+            "optimizer": {"kind": self.optimizer.config.kind,
+                          "hparams": {k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in self.optimizer.hparams.items() if k != "lr"}},
+            "skipped_steps": self.skipped_steps,
+            "data": loader.state_dict() if loader is not None else None,
+        }
+        save_checkpoint(path, arrays, metadata)
+
+    def load_checkpoint(self, path, loader=None) -> None:
+        """Restore a checkpoint; everything is verified before anything changes.
+
+        Names, shapes, dtypes, checksums and the optimizer must match this
+        Trainer; otherwise ``CheckpointError`` says what differs and the
+        trainer, the model and ``loader`` keep their state.
+        """
+        loader = loader if loader is not None else self._loader
+        arrays, metadata = load_checkpoint(path)
+        expected = {name: self.session.read(name) for name in self.session.state_names()}
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path!r} does not fit this trainer: missing {missing}, "
+                                  f"unexpected {unexpected}")
+        for name, current in expected.items():
+            if arrays[name].shape != current.shape or arrays[name].dtype != current.dtype:
+                raise CheckpointError(f"checkpoint {path!r}: {name!r} is {arrays[name].dtype} "
+                                      f"{arrays[name].shape}, this trainer has {current.dtype} {current.shape}")
+        kind = metadata.get("optimizer", {}).get("kind")
+        if kind != self.optimizer.config.kind:
+            raise CheckpointError(f"checkpoint {path!r} was saved with optimizer {kind!r}, this trainer uses "
+                                  f"{self.optimizer.config.kind!r}")
+        if loader is not None and metadata.get("data") is not None:
+            loader.load_state_dict(metadata["data"])  # validates before changing the loader
+        for name, array in arrays.items():
+            self.session.write(name, array)
+        self.optimizer.lr = metadata.get("lr", self.optimizer.lr)
+        self.session.skipped_steps = int(metadata.get("skipped_steps", 0))
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:

@@ -141,7 +141,7 @@ class TrainingSession:
         return np.array(self.state[name], copy=True)
 
     def write(self, name: str, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array, dtype=self._dtypes[name])
+        array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")  # keeps 0-d arrays 0-d
         if self.device == "cuda":
             self._current[name].update_inplace(array)
         else:
@@ -159,7 +159,7 @@ class TrainingSession:
     # ---- CUDA: device-resident state with IOBinding, double-buffered ----
     def _init_cuda(self, initial_values) -> None:
         def device_copy(array):
-            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+            return ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"), "cuda", 0)
 
         self._current = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
         self._spare = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
@@ -170,7 +170,7 @@ class TrainingSession:
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, array in {**batch, **self._extra_inputs}.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            binding.bind_cpu_input(name, np.require(array, requirements="C"))
         for inp, _ in self.state_pairs:
             binding.bind_ortvalue_input(inp, self._current[inp])
         for name in self._result_names:

@@ -1,0 +1,517 @@
+"""The op table: one row per op configuration, used by ``tests/test_ops.py``.
+
+A row (:class:`Sample`) says how to build a small graph from symbolic inputs
+(``build``, which returns one float Tensor), how to draw each input
+(:class:`In`: concrete shape, declared shape that may be symbolic, dtype and a
+draw function), and an independent reference (``ref``: numpy, or
+``torch.nn.functional`` in float64 for the losses) computing the same output
+from the drawn numpy arrays.
+
+Draws keep finite differences honest: values away from 0 for Log/Div/Sqrt,
+away from kinks and ties for Relu/Abs/Clip/Max/Min, valid class indices for
+targets. Ops that no builder emits are built with ``graphc.tensor.emit``.
+
+Adding an op means adding a row here; ``test_ops.py`` fails when an op with a
+registered gradient rule appears in no row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import graphc as gc
+import graphc.nn.functional as F
+from graphc.tensor import emit
+
+Draw = Callable[[np.random.Generator, tuple], np.ndarray]
+
+
+# ---- draws --------------------------------------------------------------
+def normal(scale: float = 1.0) -> Draw:
+    return lambda rng, shape: rng.normal(0.0, scale, shape)
+
+
+def uniform(lo: float, hi: float) -> Draw:
+    return lambda rng, shape: rng.uniform(lo, hi, shape)
+
+
+def away_from_zero(lo: float = 0.3, hi: float = 2.0) -> Draw:
+    """Magnitudes in [lo, hi], random signs: for Div, Reciprocal, Abs, Relu."""
+    return lambda rng, shape: rng.choice([-1.0, 1.0], shape) * rng.uniform(lo, hi, shape)
+
+
+def lattice(spacing: float = 0.5, offset: float = 0.0, jitter: float = 0.1) -> Draw:
+    """Points near ``k * spacing + offset``: two lattices with different offsets never come closer
+    than ``|offset difference| - 2 * jitter`` (no ties or kinks between two inputs)."""
+    return lambda rng, shape: (rng.integers(-4, 5, shape) * spacing + offset
+                               + rng.uniform(-jitter, jitter, shape))
+
+
+def distinct(spacing: float = 0.25) -> Draw:
+    """Pairwise distinct values (at least ``spacing / 2`` apart): no ties for ReduceMax/ReduceMin."""
+    def draw(rng, shape):
+        n = int(np.prod(shape, dtype=np.int64))
+        values = (rng.permutation(n) - n / 2) * spacing + rng.uniform(-spacing / 4, spacing / 4, n)
+        return values.reshape(shape)
+    return draw
+
+
+def avoiding(points, margin: float = 0.1, base: Draw = normal()) -> Draw:
+    """``base`` draws, redrawn wherever a value lies within ``margin`` of one of ``points``."""
+    def draw(rng, shape):
+        values = np.asarray(base(rng, shape), dtype=np.float64)
+        for _ in range(100):
+            bad = np.zeros(values.shape, dtype=bool)
+            for p in points:
+                bad |= np.abs(values - p) < margin
+            if not bad.any():
+                return values
+            values = np.where(bad, base(rng, shape), values)
+        raise RuntimeError("could not draw values away from the given points")
+    return draw
+
+
+def classes(n_classes: int, ignore: int | None = None, ignored_at=()) -> Draw:
+    """Valid class indices in [0, n_classes); ``ignore`` is written at the flat positions ``ignored_at``."""
+    def draw(rng, shape):
+        values = rng.integers(0, n_classes, shape)
+        if ignore is not None:
+            flat = values.reshape(-1)
+            flat[list(ignored_at)] = ignore
+        return values
+    return draw
+
+
+def fixed(values) -> Draw:
+    return lambda rng, shape: np.asarray(values).reshape(shape)
+
+
+def booleans() -> Draw:
+    return lambda rng, shape: rng.random(shape) < 0.5
+
+
+def simplex(axis: int = 1) -> Draw:
+    """Class probabilities along ``axis`` (a softmax of normal draws): probability targets."""
+    return lambda rng, shape: _np_softmax(rng.normal(0.0, 1.0, shape), axis)
+
+
+# ---- the row type -------------------------------------------------------
+@dataclass(frozen=True)
+class In:
+    """One graph input: concrete shape (what is fed), declared shape (may hold symbolic dims)."""
+
+    name: str
+    shape: tuple
+    draw: Draw = normal()
+    dtype: str = "float64"
+    decl: tuple | None = None
+    diff: bool | None = None  # None: differentiate when floating point
+
+    @property
+    def declared(self) -> tuple:
+        return self.shape if self.decl is None else self.decl
+
+    @property
+    def differentiable(self) -> bool:
+        return np.issubdtype(np.dtype(self.dtype), np.floating) if self.diff is None else self.diff
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of the op table."""
+
+    id: str
+    build: Callable[..., gc.Tensor]
+    inputs: tuple[In, ...]
+    ref: Callable[..., np.ndarray]
+    ops: tuple[str, ...] = ()  # op types the forward graph must contain
+    grad_gap: str | None = None  # a known gradient gap: regex the NotImplementedError must match
+    fd_eps: float = 1e-6
+    rtol: float = 1e-5
+    atol: float = 1e-7
+    note: str = field(default="", compare=False)
+
+
+SAMPLES: list[Sample] = []
+
+
+def row(id, build, inputs, ref, ops=(), **kw) -> None:
+    SAMPLES.append(Sample(id, build, tuple(inputs), ref, tuple(ops), **kw))
+
+
+# ---- numpy / torch references -------------------------------------------
+def _np_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _np_log_softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _np_slice(x, key):
+    return np.asarray(x[key])
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A keyword argument of a torch reference taken from input number ``index``."""
+
+    index: int
+
+
+def torch_loss(name: str, *tensor_args: int, **kwargs):
+    """A reference calling ``torch.nn.functional.<name>`` in float64.
+
+    ``tensor_args`` are the indices of the inputs passed positionally; a
+    keyword whose value is an :class:`Arg` gets that input as a tensor.
+    """
+    def ref(*arrays):
+        import pytest
+        torch = pytest.importorskip("torch")
+        fn = getattr(torch.nn.functional, name)
+        positional = [torch.from_numpy(np.ascontiguousarray(arrays[i])) for i in tensor_args]
+        keywords = {k: torch.from_numpy(np.ascontiguousarray(arrays[v.index])) if isinstance(v, Arg) else v
+                    for k, v in kwargs.items()}
+        return fn(*positional, **keywords).numpy()
+    return ref
+
+
+# ---- element-wise binary ops with broadcasting ---------------------------
+for op_type, fn, npfn in (("Add", lambda a, b: a + b, np.add), ("Sub", lambda a, b: a - b, np.subtract),
+                          ("Mul", lambda a, b: a * b, np.multiply)):
+    name = op_type.lower()
+    row(f"{name}_same", fn, [In("a", (2, 3)), In("b", (2, 3))], npfn, [op_type])
+    row(f"{name}_scalar_tensor", fn, [In("a", (2, 3)), In("s", ())], npfn, [op_type])
+    row(f"{name}_row_vector", fn, [In("a", (2, 3)), In("b", (3,))], npfn, [op_type])
+    row(f"{name}_leading_dims", fn, [In("a", (4, 2, 3)), In("b", (2, 1))], npfn, [op_type])
+    row(f"{name}_both_broadcast", fn, [In("a", (2, 1, 3)), In("b", (4, 1))], npfn, [op_type])
+    row(f"{name}_symbolic_batch", fn, [In("a", (2, 3), decl=("batch", 3)), In("b", (1, 3))], npfn, [op_type])
+    row(f"{name}_python_number_right", lambda a, fn=fn: fn(a, 1.5), [In("a", (2, 3))],
+        lambda a, npfn=npfn: npfn(a, 1.5), [op_type])
+    row(f"{name}_python_number_left", lambda a, fn=fn: fn(-2.0, a), [In("a", (3,))],
+        lambda a, npfn=npfn: npfn(-2.0, a), [op_type])
+
+row("mul_self", lambda a: a * a, [In("a", (2, 3))], lambda a: a * a, ["Mul"])
+row("mul_int_input_promotes", lambda a, k: a * k, [In("a", (2, 3)), In("k", (2, 3), uniform(-3, 3), "int64")],
+    lambda a, k: a * k, ["Mul", "Cast"],
+    note="the int64 input is cast to float64 (Cast on a non-differentiable path)")
+row("div_same", lambda a, b: a / b, [In("a", (2, 3)), In("b", (2, 3), away_from_zero())], np.divide, ["Div"])
+row("div_row_vector", lambda a, b: a / b, [In("a", (2, 3)), In("b", (3,), away_from_zero())], np.divide, ["Div"])
+row("div_scalar_tensor", lambda a, b: a / b, [In("a", (2, 3)), In("s", (), away_from_zero())], np.divide,
+    ["Div"])
+row("div_leading_dims", lambda a, b: a / b, [In("a", (2, 1), away_from_zero()), In("b", (3, 2, 4), away_from_zero())],
+    np.divide, ["Div"])
+row("div_python_number_left", lambda a: 1.0 / a, [In("a", (2, 3), away_from_zero())], lambda a: 1.0 / a, ["Div"])
+row("div_python_number_right", lambda a: a / 4.0, [In("a", (2, 3))], lambda a: a / 4.0, ["Div"])
+row("pow_python_exponent", lambda a: a ** 3.0, [In("a", (2, 3))], lambda a: a ** 3.0, ["Pow"])
+row("pow_fractional_exponent", lambda a: a ** 2.5, [In("a", (2, 3), uniform(0.5, 2.0))], lambda a: a ** 2.5,
+    ["Pow"])
+row("pow_tensor_exponent", lambda a, b: a ** b, [In("a", (2, 3), uniform(0.5, 2.0)), In("b", (3,))],
+    np.power, ["Pow"])
+row("pow_python_base", lambda a: 2.0 ** a, [In("a", (2, 3))], lambda a: 2.0 ** a, ["Pow"])
+row("pow_int_exponent_input", lambda a, k: a ** k, [In("a", (2, 3)), In("k", (2, 3), uniform(0, 4), "int64")],
+    lambda a, k: a ** k.astype(np.float64), ["Pow", "Cast"])
+
+# ---- element-wise unary ops ---------------------------------------------
+row("neg", lambda a: -a, [In("a", (2, 3))], np.negative, ["Neg"])
+row("abs", lambda a: abs(a), [In("a", (2, 3), away_from_zero(0.1))], np.abs, ["Abs"])
+row("abs_method", lambda a: a.abs(), [In("a", (4,), away_from_zero(0.1))], np.abs, ["Abs"])
+row("exp", lambda a: a.exp(), [In("a", (2, 3))], np.exp, ["Exp"])
+row("log", lambda a: a.log(), [In("a", (2, 3), uniform(0.3, 3.0))], np.log, ["Log"])
+row("sqrt", lambda a: a.sqrt(), [In("a", (2, 3), uniform(0.3, 3.0))], np.sqrt, ["Sqrt"])
+row("reciprocal", lambda a: emit("Reciprocal", [a], shape=a.shape, dtype=a.dtype),
+    [In("a", (2, 3), away_from_zero())], np.reciprocal, ["Reciprocal"])
+row("relu", F.relu, [In("a", (3, 4), away_from_zero(0.1))], lambda a: np.maximum(a, 0.0), ["Relu"])
+row("relu_method", lambda a: a.relu(), [In("a", (5,), away_from_zero(0.1))], lambda a: np.maximum(a, 0.0),
+    ["Relu"])
+row("sigmoid", F.sigmoid, [In("a", (2, 3), normal(2.0))], lambda a: 1.0 / (1.0 + np.exp(-a)), ["Sigmoid"])
+row("tanh", F.tanh, [In("a", (2, 3))], np.tanh, ["Tanh"])
+row("identity", lambda a: emit("Identity", [a], shape=a.shape, dtype=a.dtype) * 1.0, [In("a", (2, 3))],
+    lambda a: a, ["Identity"])
+row("cast_float32_round_trip", lambda a: a.astype("float32").astype("float64") * 3.0, [In("a", (2, 3))],
+    lambda a: a.astype(np.float32).astype(np.float64) * 3.0, ["Cast"],
+    fd_eps=1e-2, rtol=1e-4, atol=1e-5,
+    note="float32 rounding: a large step keeps the rounding error small against it")
+row("clip_both", lambda a: gc.clip(a, -0.5, 0.5), [In("a", (3, 4), avoiding([-0.5, 0.5], 0.05))],
+    lambda a: np.clip(a, -0.5, 0.5), ["Clip"])
+row("clip_min_only", lambda a: gc.clip(a, min=0.2), [In("a", (3, 4), avoiding([0.2], 0.05))],
+    lambda a: np.maximum(a, 0.2), ["Clip"])
+row("clip_max_only", lambda a: gc.clip(a, max=-0.1), [In("a", (3, 4), avoiding([-0.1], 0.05))],
+    lambda a: np.minimum(a, -0.1), ["Clip"])
+row("where_on_input", lambda a: gc.where(a > 0, a, a * a), [In("a", (3, 4), away_from_zero(0.1))],
+    lambda a: np.where(a > 0, a, a * a), ["Where", "Greater"])
+row("where_broadcast", lambda c, a, b: gc.where(c, a, b),
+    [In("c", (2, 3), booleans(), "bool"), In("a", (3,)), In("b", (2, 1))], np.where, ["Where"])
+row("where_python_number", lambda c, a: gc.where(c, a, 0.0), [In("c", (2, 3), booleans(), "bool"), In("a", (2, 3))],
+    lambda c, a: np.where(c, a, 0.0), ["Where"])
+row("max_two_broadcast", lambda a, b: emit("Max", [a, b], shape=(2, 3), dtype=a.dtype),
+    [In("a", (2, 3), lattice(0.5, 0.0)), In("b", (3,), lattice(0.5, 0.25))], np.maximum, ["Max"])
+row("max_three", lambda a, b, c: emit("Max", [a, b, c], shape=(2, 3), dtype=a.dtype),
+    [In("a", (2, 3), lattice(0.6, 0.0)), In("b", (2, 3), lattice(0.6, 0.2)), In("c", (2, 1), lattice(0.6, 0.4))],
+    lambda a, b, c: np.maximum(np.maximum(a, b), c), ["Max"])
+row("min_two_broadcast", lambda a, b: emit("Min", [a, b], shape=(4, 2, 3), dtype=a.dtype),
+    [In("a", (2, 3), lattice(0.5, 0.0)), In("b", (4, 1, 3), lattice(0.5, 0.25))], np.minimum, ["Min"])
+row("min_single", lambda a: emit("Min", [a], shape=a.shape, dtype=a.dtype) * 2.0, [In("a", (2, 3))],
+    lambda a: a * 2.0, ["Min"])
+row("sum_variadic_broadcast", lambda a, b, c: emit("Sum", [a, b, c], shape=(2, 3), dtype=a.dtype),
+    [In("a", (2, 3)), In("b", (3,)), In("c", (2, 1))], lambda a, b, c: a + b + c, ["Sum"])
+row("sum_variadic_repeated", lambda a: emit("Sum", [a, a, a], shape=a.shape, dtype=a.dtype), [In("a", (2, 3))],
+    lambda a: 3 * a, ["Sum"])
+row("expand_leading", lambda a: emit("Expand", [a, gc.constant(np.array([2, 3, 4], np.int64))],
+                                     shape=(2, 3, 4), dtype=a.dtype),
+    [In("a", (3, 1))], lambda a: np.broadcast_to(a, (2, 3, 4)), ["Expand"])
+row("expand_size_one_dims", lambda a: emit("Expand", [a, gc.constant(np.array([1, 3], np.int64))],
+                                           shape=(2, 3), dtype=a.dtype),
+    [In("a", (2, 1))], lambda a: np.broadcast_to(a, (2, 3)), ["Expand"])
+row("expand_symbolic_input", lambda a: emit("Expand", [a, gc.constant(np.array([4, 1, 1], np.int64))],
+                                            shape=(4, "batch", 3), dtype=a.dtype),
+    [In("a", (2, 3), decl=("batch", 3))], lambda a: np.broadcast_to(a, (4, 2, 3)), ["Expand"])
+
+# ---- reductions ---------------------------------------------------------
+for op_type, method, npfn in (("ReduceSum", "sum", np.sum), ("ReduceMean", "mean", np.mean)):
+    row(f"{method}_all", lambda a, m=method: getattr(a, m)(), [In("a", (2, 3, 4))], npfn, [op_type])
+    row(f"{method}_dim1", lambda a, m=method: getattr(a, m)(1), [In("a", (2, 3, 4))],
+        lambda a, f=npfn: f(a, axis=1), [op_type])
+    row(f"{method}_dim_negative_keepdim", lambda a, m=method: getattr(a, m)(-1, keepdim=True),
+        [In("a", (2, 3, 4))], lambda a, f=npfn: f(a, axis=-1, keepdims=True), [op_type])
+    row(f"{method}_two_dims_keepdim", lambda a, m=method: getattr(a, m)((0, 2), keepdim=True),
+        [In("a", (2, 3, 4))], lambda a, f=npfn: f(a, axis=(0, 2), keepdims=True), [op_type])
+    row(f"{method}_two_dims", lambda a, m=method: getattr(a, m)((2, 0)), [In("a", (2, 3, 4))],
+        lambda a, f=npfn: f(a, axis=(0, 2)), [op_type])
+    row(f"{method}_symbolic_dim", lambda a, m=method: getattr(a, m)(0), [In("a", (3, 4), decl=("batch", 4))],
+        lambda a, f=npfn: f(a, axis=0), [op_type])
+    row(f"{method}_all_symbolic", lambda a, m=method: getattr(a, m)(), [In("a", (3, 2), decl=("batch", 2))],
+        npfn, [op_type])
+
+for op_type, method, npfn in (("ReduceMax", "max", np.max), ("ReduceMin", "min", np.min)):
+    row(f"{method}_all", lambda a, m=method: getattr(a, m)(), [In("a", (2, 3, 4), distinct())], npfn, [op_type])
+    row(f"{method}_dim1_values", lambda a, m=method: getattr(a, m)(1).values, [In("a", (2, 3, 4), distinct())],
+        lambda a, f=npfn: f(a, axis=1), [op_type])
+    row(f"{method}_dim_keepdim_values", lambda a, m=method: getattr(a, m)(-1, keepdim=True)[0],
+        [In("a", (3, 4), distinct())], lambda a, f=npfn: f(a, axis=-1, keepdims=True), [op_type])
+    row(f"{method}_symbolic_dim", lambda a, m=method: getattr(a, m)(0).values,
+        [In("a", (3, 4), distinct(), decl=("batch", 4))], lambda a, f=npfn: f(a, axis=0), [op_type])
+    row(f"{method}_two_axes_emitted",
+        lambda a, op=op_type: emit(op, [a, gc.constant(np.array([0, 2], np.int64))], {"keepdims": 0},
+                                   shape=(3,), dtype=a.dtype),
+        [In("a", (2, 3, 4), distinct())], lambda a, f=npfn: f(a, axis=(0, 2)), [op_type])
+
+# ---- matrix products ----------------------------------------------------
+for name, sa, sb in (("2d", (2, 3), (3, 4)), ("batched", (2, 2, 3), (2, 3, 4)),
+                     ("broadcast_batch_right", (2, 2, 3), (3, 4)), ("broadcast_batch_left", (3, 4), (2, 4, 2)),
+                     ("broadcast_batch_both", (2, 1, 2, 3), (3, 3, 4)), ("1d_2d", (3,), (3, 4)),
+                     ("2d_1d", (2, 3), (3,)), ("1d_1d", (3,), (3,)), ("1d_3d", (3,), (2, 3, 4)),
+                     ("3d_1d", (2, 4, 3), (3,))):
+    row(f"matmul_{name}", lambda a, b: a @ b, [In("a", sa), In("b", sb)], np.matmul, ["MatMul"])
+row("matmul_symbolic_batch", lambda a, b: a @ b, [In("a", (3, 4), decl=("batch", 4)), In("b", (4, 2))],
+    np.matmul, ["MatMul"])
+row("matmul_symbolic_batch_3d", lambda a, b: a @ b, [In("a", (2, 3, 4), decl=("batch", 3, 4)), In("b", (4, 2))],
+    np.matmul, ["MatMul"])
+row("linear_bias", F.linear, [In("x", (2, 3)), In("w", (4, 3)), In("b", (4,))],
+    lambda x, w, b: x @ w.T + b, ["Gemm"])
+row("linear_no_bias", F.linear, [In("x", (2, 3)), In("w", (4, 3))], lambda x, w: x @ w.T, ["Gemm"])
+row("linear_symbolic_batch", F.linear, [In("x", (5, 3), decl=("batch", 3)), In("w", (2, 3)), In("b", (2,))],
+    lambda x, w, b: x @ w.T + b, ["Gemm"])
+row("linear_3d_input", F.linear, [In("x", (2, 5, 3)), In("w", (4, 3)), In("b", (4,))],
+    lambda x, w, b: x @ w.T + b, ["MatMul", "Transpose", "Add"])
+
+
+def _gemm(ta: int, tb: int, alpha: float = 1.0, beta: float = 1.0, with_c: bool = True):
+    attrs = {"transA": ta, "transB": tb, "alpha": alpha, "beta": beta}
+
+    def build(a, b, c=None):
+        m = a.shape[1] if ta else a.shape[0]
+        n = b.shape[0] if tb else b.shape[1]
+        return emit("Gemm", [a, b] + ([c] if c is not None else []), attrs, shape=(m, n), dtype=a.dtype)
+
+    def ref(a, b, c=None):
+        out = alpha * ((a.T if ta else a) @ (b.T if tb else b))
+        return out if c is None else out + beta * c
+    return build, ref
+
+
+for ta in (0, 1):
+    for tb in (0, 1):
+        build, ref = _gemm(ta, tb)
+        row(f"gemm_transA{ta}_transB{tb}", build,
+            [In("a", (3, 2) if ta else (2, 3)), In("b", (4, 3) if tb else (3, 4)), In("c", (2, 4))], ref, ["Gemm"])
+        build, ref = _gemm(ta, tb, alpha=0.5, beta=-2.0)
+        row(f"gemm_transA{ta}_transB{tb}_alpha_beta_row_c", build,
+            [In("a", (3, 2) if ta else (2, 3)), In("b", (4, 3) if tb else (3, 4)), In("c", (4,))], ref, ["Gemm"])
+build, ref = _gemm(0, 0, alpha=1.5)
+row("gemm_alpha_no_c", build, [In("a", (2, 3)), In("b", (3, 4))], ref, ["Gemm"])
+build, ref = _gemm(1, 0, beta=0.25)
+row("gemm_column_c", build, [In("a", (3, 2)), In("b", (3, 4)), In("c", (2, 1))], ref, ["Gemm"])
+build, ref = _gemm(0, 1, alpha=2.0, beta=3.0)
+row("gemm_scalar_c", build, [In("a", (2, 3)), In("b", (4, 3)), In("c", ())], ref, ["Gemm"])
+
+# ---- layout: transpose, reshape, squeeze, concat, slice, gather ------------
+row("transpose_swap", lambda a: a.transpose(0, 2), [In("a", (2, 3, 4))], lambda a: a.transpose(2, 1, 0),
+    ["Transpose"])
+row("permute", lambda a: a.permute(2, 0, 1), [In("a", (2, 3, 4))], lambda a: a.transpose(2, 0, 1), ["Transpose"])
+row("transpose_T", lambda a: a.T, [In("a", (2, 3))], lambda a: a.T, ["Transpose"])
+row("transpose_symbolic", lambda a: a.transpose(0, 1), [In("a", (3, 2), decl=("batch", 2))], lambda a: a.T,
+    ["Transpose"])
+row("reshape_ints", lambda a: a.reshape(6, 4), [In("a", (2, 3, 4))], lambda a: a.reshape(6, 4), ["Reshape"])
+row("reshape_minus_one", lambda a: a.reshape(-1), [In("a", (2, 3, 4))], lambda a: a.reshape(-1), ["Reshape"])
+row("view_tuple", lambda a: a.view((4, -1, 2)), [In("a", (2, 3, 4))], lambda a: a.reshape(4, 3, 2), ["Reshape"])
+row("view_symbolic", lambda a: a.view("batch", -1), [In("a", (2, 3, 4), decl=("batch", 3, 4))],
+    lambda a: a.reshape(2, -1), ["Reshape"])
+row("reshape_symbolic_moved", lambda a: a.reshape(3, "batch"), [In("a", (2, 3), decl=("batch", 3))],
+    lambda a: a.reshape(3, 2), ["Reshape", "Shape"])
+row("flatten_all", lambda a: a.flatten(), [In("a", (2, 3, 4))], lambda a: a.reshape(-1), ["Reshape"])
+row("flatten_from_1", lambda a: a.flatten(1), [In("a", (2, 3, 4), decl=("batch", 3, 4))],
+    lambda a: a.reshape(2, -1), ["Reshape"])
+row("flatten_op_axis2", lambda a: emit("Flatten", [a], {"axis": 2}, shape=(6, 4), dtype=a.dtype),
+    [In("a", (2, 3, 4))], lambda a: a.reshape(6, 4), ["Flatten"])
+row("flatten_op_axis0", lambda a: emit("Flatten", [a], {"axis": 0}, shape=(1, 24), dtype=a.dtype),
+    [In("a", (2, 3, 4))], lambda a: a.reshape(1, 24), ["Flatten"])
+row("squeeze_all", lambda a: a.squeeze(), [In("a", (2, 1, 3, 1))], lambda a: a.squeeze(), ["Squeeze"])
+row("squeeze_dim", lambda a: a.squeeze(1), [In("a", (2, 1, 3, 1))], lambda a: a.squeeze(1), ["Squeeze"])
+row("unsqueeze_front", lambda a: a.unsqueeze(0), [In("a", (2, 3))], lambda a: a[None], ["Unsqueeze"])
+row("unsqueeze_negative", lambda a: a.unsqueeze(-1), [In("a", (2, 3), decl=("batch", 3))], lambda a: a[..., None],
+    ["Unsqueeze"])
+row("index_none", lambda a: a[:, None], [In("a", (2, 3))], lambda a: a[:, None], ["Unsqueeze"])
+row("concat_dim1", lambda a, b: gc.concat([a, b], 1), [In("a", (2, 3)), In("b", (2, 1))],
+    lambda a, b: np.concatenate([a, b], 1), ["Concat"])
+row("concat_three_dim0", lambda a, b, c: gc.concat([a, b, c], 0), [In("a", (2, 3)), In("b", (1, 3)), In("c", (3, 3))],
+    lambda a, b, c: np.concatenate([a, b, c], 0), ["Concat"])
+row("concat_negative_dim", lambda a, b: gc.concat([a, b], -1), [In("a", (2, 2, 1)), In("b", (2, 2, 3))],
+    lambda a, b: np.concatenate([a, b], -1), ["Concat"])
+row("concat_symbolic_other_dim", lambda a, b: gc.concat([a, b], 1),
+    [In("a", (3, 2), decl=("batch", 2)), In("b", (3, 4), decl=("batch", 4))],
+    lambda a, b: np.concatenate([a, b], 1), ["Concat"])
+row("concat_symbolic_axis", lambda a, b: gc.concat([a, b], 0),
+    [In("a", (3, 2), decl=("n", 2)), In("b", (2, 2), decl=("m", 2))],
+    lambda a, b: np.concatenate([a, b], 0), ["Concat"])
+row("concat_same_input_twice", lambda a: gc.concat([a, a * 2.0], 0), [In("a", (2, 3))],
+    lambda a: np.concatenate([a, a * 2.0], 0), ["Concat"])
+row("stack", lambda a, b: gc.stack([a, b], 1), [In("a", (2, 3)), In("b", (2, 3))],
+    lambda a, b: np.stack([a, b], 1), ["Concat", "Unsqueeze"])
+
+for name, key, shape, decl in (
+        ("slice_range", np.s_[1:3], (4, 3), None),
+        ("slice_int_negative", np.s_[:, -1], (2, 3, 4), None),
+        ("slice_tail_negative", np.s_[:, -2:], (2, 5), None),
+        ("slice_negative_both", np.s_[-3:-1, 1:], (4, 3), None),
+        ("slice_ellipsis_int", np.s_[..., 1], (2, 3, 4), None),
+        ("slice_int_first", np.s_[1], (3, 4), None),
+        ("slice_int_minus_one", np.s_[-1], (3, 4), None),
+        ("slice_out_of_range_stop", np.s_[1:100], (4, 2), None),
+        ("slice_symbolic_inner", np.s_[:, 1:-1], (2, 5), ("batch", 5)),
+        ("slice_on_symbolic_dim", np.s_[1:], (4, 2), ("batch", 2)),
+        ("slice_on_symbolic_dim_negative", np.s_[-3:-1], (5, 2), ("batch", 2)),
+        ("slice_int_on_symbolic_dim", np.s_[-1], (3, 2), ("batch", 2)),
+        ("slice_rnn_last_step", np.s_[:, -1, :], (2, 4, 3), ("batch", "time", 3)),
+):
+    row(name, lambda a, key=key: a[key], [In("a", shape, decl=decl)], lambda a, key=key: _np_slice(a, key),
+        ["Slice"])
+row("slice_step_two", lambda a: a[:, ::2], [In("a", (2, 5))], lambda a: a[:, ::2], ["Slice"],
+    grad_gap=r"Slice with steps other than 1")
+
+
+def _gather(axis: int, out_shape):
+    def build(x, idx):
+        return emit("Gather", [x, idx], {"axis": axis}, shape=out_shape, dtype=x.dtype)
+    return build
+
+
+row("gather_rows_repeated_negative", _gather(0, (5, 3)),
+    [In("x", (4, 3)), In("idx", (5,), fixed([0, 2, 2, -1, 1]), "int64")], lambda x, i: x[i], ["Gather"])
+row("gather_rows_2d_indices", _gather(0, (2, 2, 3)),
+    [In("x", (4, 3)), In("idx", (2, 2), fixed([[3, 0], [3, 3]]), "int64")], lambda x, i: x[i], ["Gather"])
+row("gather_symbolic_rows", _gather(0, (3, 2)),
+    [In("x", (5, 2), decl=("vocab", 2)), In("idx", (3,), fixed([4, 0, 4]), "int64")], lambda x, i: x[i],
+    ["Gather"])
+row("gather_axis1", _gather(1, (2, 2)), [In("x", (2, 3)), In("idx", (2,), fixed([2, 0]), "int64")],
+    lambda x, i: x[:, i], ["Gather"], grad_gap=r"Gather .*axis=0 only")
+
+# ---- softmaxes ----------------------------------------------------------
+row("softmax_last", F.softmax, [In("x", (2, 5))], lambda x: _np_softmax(x, -1), ["Softmax"])
+row("softmax_dim0", lambda x: F.softmax(x, 0), [In("x", (3, 4))], lambda x: _np_softmax(x, 0), ["Softmax"])
+row("softmax_3d_dim1", lambda x: F.softmax(x, 1), [In("x", (2, 3, 4))], lambda x: _np_softmax(x, 1), ["Softmax"])
+row("log_softmax_last", F.log_softmax, [In("x", (2, 5))], lambda x: _np_log_softmax(x, -1), ["LogSoftmax"])
+row("log_softmax_3d_dim1", lambda x: F.log_softmax(x, 1), [In("x", (2, 3, 4))], lambda x: _np_log_softmax(x, 1),
+    ["LogSoftmax"])
+row("log_softmax_dim0_symbolic", lambda x: F.log_softmax(x, 0), [In("x", (3, 2), decl=("batch", 2))],
+    lambda x: _np_log_softmax(x, 0), ["LogSoftmax"])
+
+# ---- losses (references: torch.nn.functional in float64) -------------------
+_T = In("t", (4,), classes(3), "int64")
+_T_IGNORED = In("t", (4,), classes(3, ignore=-100, ignored_at=[2]), "int64")
+_W = In("w", (3,), uniform(0.5, 2.0), diff=False)  # class weights: no gradient (as in PyTorch)
+
+for reduction in ("mean", "sum", "none"):
+    row(f"nll_loss_{reduction}", lambda x, t, r=reduction: F.nll_loss(x, t, reduction=r),
+        [In("x", (4, 3)), _T], torch_loss("nll_loss", 0, 1, reduction=reduction), ["NegativeLogLikelihoodLoss"])
+    row(f"nll_loss_weight_ignored_{reduction}", lambda x, t, w, r=reduction: F.nll_loss(x, t, w, reduction=r),
+        [In("x", (4, 3)), _T_IGNORED, _W],
+        torch_loss("nll_loss", 0, 1, weight=Arg(2), reduction=reduction), ["NegativeLogLikelihoodLoss"])
+    row(f"nll_loss_ignored_{reduction}", lambda x, t, r=reduction: F.nll_loss(x, t, reduction=r),
+        [In("x", (4, 3)), _T_IGNORED], torch_loss("nll_loss", 0, 1, reduction=reduction),
+        ["NegativeLogLikelihoodLoss"])
+row("nll_loss_custom_ignore_index", lambda x, t: F.nll_loss(x, t, ignore_index=1),
+    [In("x", (5, 3)), In("t", (5,), fixed([1, 0, 2, 1, 2]), "int64")],
+    torch_loss("nll_loss", 0, 1, ignore_index=1), ["NegativeLogLikelihoodLoss"])
+row("nll_loss_weight_mean", lambda x, t, w: F.nll_loss(x, t, w), [In("x", (4, 3)), _T, _W],
+    torch_loss("nll_loss", 0, 1, weight=Arg(2)), ["NegativeLogLikelihoodLoss"])
+row("nll_loss_spatial_none", lambda x, t: F.nll_loss(x, t, reduction="none"),
+    [In("x", (2, 3, 4)), In("t", (2, 4), classes(3), "int64")],
+    torch_loss("nll_loss", 0, 1, reduction="none"), ["NegativeLogLikelihoodLoss"])
+row("nll_loss_spatial_weight_ignored_mean", lambda x, t, w: F.nll_loss(x, t, w),
+    [In("x", (2, 3, 4)), In("t", (2, 4), classes(3, ignore=-100, ignored_at=[1, 6]), "int64"), _W],
+    torch_loss("nll_loss", 0, 1, weight=Arg(2)), ["NegativeLogLikelihoodLoss"])
+row("nll_loss_symbolic_batch", lambda x, t: F.nll_loss(x, t),
+    [In("x", (4, 3), decl=("batch", 3)), In("t", (4,), classes(3), "int64", decl=("batch",))],
+    torch_loss("nll_loss", 0, 1), ["NegativeLogLikelihoodLoss"])
+row("nll_loss_int32_target", lambda x, t: F.nll_loss(x, t, reduction="sum"),
+    [In("x", (4, 3)), In("t", (4,), classes(3), "int32")],
+    lambda x, t: -x[np.arange(4), t].sum(), ["NegativeLogLikelihoodLoss", "Cast"])
+
+row("cross_entropy_mean", F.cross_entropy, [In("x", (4, 3)), _T], torch_loss("cross_entropy", 0, 1),
+    ["LogSoftmax", "NegativeLogLikelihoodLoss"])
+row("cross_entropy_weight_ignored_sum", lambda x, t, w: F.cross_entropy(x, t, w, reduction="sum"),
+    [In("x", (4, 3)), _T_IGNORED, _W], torch_loss("cross_entropy", 0, 1, weight=Arg(2), reduction="sum"),
+    ["LogSoftmax", "NegativeLogLikelihoodLoss"])
+row("cross_entropy_spatial", F.cross_entropy, [In("x", (2, 3, 4)), In("t", (2, 4), classes(3), "int64")],
+    torch_loss("cross_entropy", 0, 1), ["LogSoftmax", "NegativeLogLikelihoodLoss"])
+for reduction in ("mean", "sum", "none"):
+    row(f"cross_entropy_label_smoothing_{reduction}",
+        lambda x, t, r=reduction: F.cross_entropy(x, t, reduction=r, label_smoothing=0.1),
+        [In("x", (4, 3)), _T_IGNORED],
+        torch_loss("cross_entropy", 0, 1, reduction=reduction, label_smoothing=0.1),
+        ["LogSoftmax", "NegativeLogLikelihoodLoss", "Where"])
+row("cross_entropy_label_smoothing_no_ignored", lambda x, t: F.cross_entropy(x, t, label_smoothing=0.25),
+    [In("x", (5, 4)), In("t", (5,), classes(4), "int64")],
+    torch_loss("cross_entropy", 0, 1, label_smoothing=0.25), ["LogSoftmax", "NegativeLogLikelihoodLoss"])
+for reduction in ("mean", "sum", "none"):
+    row(f"cross_entropy_probabilities_{reduction}", lambda x, p, r=reduction: F.cross_entropy(x, p, reduction=r),
+        [In("x", (4, 3)), In("p", (4, 3), simplex(1))],
+        torch_loss("cross_entropy", 0, 1, reduction=reduction), ["LogSoftmax"])
+row("cross_entropy_probabilities_weight", lambda x, p, w: F.cross_entropy(x, p, w),
+    [In("x", (4, 3)), In("p", (4, 3), simplex(1)), _W], torch_loss("cross_entropy", 0, 1, weight=Arg(2)),
+    ["LogSoftmax"])
+row("cross_entropy_probabilities_spatial_weight", lambda x, p, w: F.cross_entropy(x, p, w),
+    [In("x", (2, 3, 4)), In("p", (2, 3, 4), simplex(1)), _W], torch_loss("cross_entropy", 0, 1, weight=Arg(2)),
+    ["LogSoftmax"])
+
+for reduction in ("mean", "sum", "none"):
+    row(f"mse_loss_{reduction}", lambda x, y, r=reduction: F.mse_loss(x, y, reduction=r),
+        [In("x", (3, 4)), In("y", (3, 4))], torch_loss("mse_loss", 0, 1, reduction=reduction),
+        ["Sub", "Mul"])
+    row(f"l1_loss_{reduction}", lambda x, y, r=reduction: F.l1_loss(x, y, reduction=r),
+        [In("x", (3, 4), lattice(0.5, 0.25)), In("y", (3, 4), lattice(0.5, 0.0))],
+        torch_loss("l1_loss", 0, 1, reduction=reduction), ["Abs"])
+    row(f"binary_cross_entropy_{reduction}", lambda p, y, r=reduction: F.binary_cross_entropy(p, y, reduction=r),
+        [In("p", (3, 4), uniform(0.05, 0.95)), In("y", (3, 4), uniform(0.0, 1.0))],
+        torch_loss("binary_cross_entropy", 0, 1, reduction=reduction), ["Log", "Clip"])
+row("mse_loss_symbolic_batch", F.mse_loss, [In("x", (3, 2), decl=("batch", 2)), In("y", (3, 2), decl=("batch", 2))],
+    torch_loss("mse_loss", 0, 1), ["ReduceMean"])
+row("binary_cross_entropy_weight", lambda p, y, w: F.binary_cross_entropy(p, y, w),
+    [In("p", (2, 3), uniform(0.05, 0.95)), In("y", (2, 3), fixed([[0.0, 1, 1], [1, 0, 0]])), In("w", (2, 3))],
+    torch_loss("binary_cross_entropy", 0, 1, weight=Arg(2)), ["Log", "Clip"])
