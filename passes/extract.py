@@ -75,7 +75,9 @@ def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *
     out_values: list[ir.Value] = []
     for value in outputs.values():
         if value.producer() is None or value in out_values:
-            value = ir.Node("", "Identity", [value], name="output/Identity").outputs[0]
+            copy = ir.Node("", "Identity", [value], name="output/Identity").outputs[0]
+            copy.type, copy.shape = value.type, value.shape
+            value = copy
         out_values.append(value)
     nodes, initializers = _collect(out_values, set(inputs))
     if refresh is not None:
