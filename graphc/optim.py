@@ -19,6 +19,14 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: the parameter list is empty")
         if hparams.get("lr", 0.0) is not None and hparams.get("lr", 0.0) < 0:
             raise ValueError(f"{type(self).__name__}: invalid learning rate {hparams['lr']}")
+        # torch.optim refuses these too: a negative one (or a beta of 1) would train to NaN silently
+        for key in ("momentum", "weight_decay", "eps", "alpha", "lr_decay", "initial_accumulator_value"):
+            if key in hparams and hparams[key] < 0:
+                raise ValueError(f"{type(self).__name__}: invalid {key} value {hparams[key]} (must be >= 0)")
+        for index, beta in enumerate(hparams.get("betas", ())):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{type(self).__name__}: invalid beta parameter at index {index}: {beta} "
+                                 f"(must be in [0, 1))")
         self.config = OptimizerConfig(self.kind, hparams)
         self._lr_listeners = []
 

@@ -8,9 +8,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphc import random as _random
+from graphc.errors import GraphcError
 from graphc.nn.parameter import parameter_of
 from graphc.tensor import Tensor
-from passes.extract import extract_model
+from passes.extract import extract_model, free_inputs
+from passes.random_streams import NumberRandomStreamsPass
 from runtime.input_files import check_feeds, input_specs
 from runtime.training_session import create_session
 
@@ -22,8 +25,14 @@ def refresh_parameter(value: ir.Value) -> None:
         value.const_value = ir.Tensor(np.array(param.data, copy=True))
 
 
-def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_string: str = "") -> ir.Model:
-    """The ``onnx_ir`` model computing ``outputs`` from ``inputs`` with current parameter values."""
+def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_string: str = "",
+                allow_random: bool = False) -> ir.Model:
+    """The ``onnx_ir`` model computing ``outputs`` from ``inputs`` with current parameter values.
+
+    Outputs that draw random numbers (training-mode dropout) need the implicit
+    ``rng_key`` input: with ``allow_random`` it is appended to the inputs,
+    otherwise that is an error that says how to build an inference graph.
+    """
     if isinstance(outputs, Tensor):
         outputs = {"output": outputs}
     for name, out in outputs.items():
@@ -32,8 +41,18 @@ def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_str
     for t in inputs:
         if not isinstance(t, Tensor) or t.value.producer() is not None or t.value.const_value is not None:
             raise TypeError(f"inputs must be tensors made by gc.input(), got {t!r}")
-    return extract_model([t.value for t in inputs], {k: v.value for k, v in outputs.items()},
-                         doc_string=doc_string, refresh=refresh_parameter)
+    values = [t.value for t in inputs]
+    key = _random.rng_key().value
+    if key not in values and key in free_inputs([t.value for t in outputs.values()]):
+        if not allow_random:
+            raise GraphcError("these outputs apply dropout in training mode (the modules were in train mode "
+                              "when they were called); call model.eval() and call the model again to build an "
+                              "inference graph, or pass allow_random=True to feed 'rng_key' yourself")
+        values.append(key)
+    model = extract_model(values, {k: v.value for k, v in outputs.items()},
+                          doc_string=doc_string, refresh=refresh_parameter)
+    NumberRandomStreamsPass()(model)
+    return model
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -80,7 +99,8 @@ class Program:
         onnx.save_model(self.model, str(path))
 
 
-def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "") -> Program:  # noqa: A001
+def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "",  # noqa: A001
+            allow_random: bool = False) -> Program:
     """Compile symbolic ``outputs`` (a dict name -> Tensor, or one Tensor) of ``inputs`` into a Program.
 
     >>> import graphc as gc, numpy as np
@@ -88,4 +108,5 @@ def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string
     >>> gc.compile([x], {"y": x * 2}).run({"x": np.ones((1, 2), np.float32)})["y"].tolist()
     [[2.0, 2.0]]
     """
-    return Program(build_model(list(inputs), outputs, doc_string or "graphc inference program"), provider)
+    model = build_model(list(inputs), outputs, doc_string or "graphc inference program", allow_random)
+    return Program(model, provider)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from graphc.nn.parameter import Parameter
 from graphc.optim import Optimizer
 from graphc.program import build_model, to_proto
+from graphc.random import RNG_KEY, key_for_step
 from graphc.tensor import Tensor
 from passes.training_step import build_training_step
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -70,7 +71,8 @@ class Trainer:
         self.seed = seed
         self.input_names = [t.name for t in inputs]
         outputs = {"loss": loss, **dict(metrics or {})}
-        forward = build_model(list(inputs), outputs, doc_string="graphc training step")
+        forward = build_model(list(inputs), outputs, doc_string="graphc training step", allow_random=True)
+        self._random = RNG_KEY in [v.name for v in forward.graph.inputs]
         names = self._trainable_names(forward, optimizer.params)
         step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm,
                                    fuse_update=fuse_update)
@@ -102,14 +104,17 @@ class Trainer:
     # ---- stepping -------------------------------------------------------
     def step(self, feeds: Mapping[str, np.ndarray]) -> float:
         """One training step (forward, backward, update) on a batch; returns the loss."""
-        results = self.session.run(feeds if isinstance(feeds, dict) else dict(feeds))
+        feeds = dict(feeds)
+        if self._random:
+            feeds[RNG_KEY] = key_for_step(self.seed, self.steps_done)
+        results = self.session.run(feeds)
         loss = results.pop("loss")
         self.last_metrics = results
         return float(loss)
 
     @property
     def steps_done(self) -> int:
-        return int(self.session.read("step"))
+        return self.session.steps
 
     @property
     def skipped_steps(self) -> int:

@@ -57,6 +57,23 @@ def _collect(outputs: Sequence[ir.Value], inputs: set[ir.Value]) -> tuple[list[i
     return order, list(leaves)
 
 
+def free_inputs(outputs: Sequence[ir.Value]) -> list[ir.Value]:
+    """The leaves of ``outputs``' subgraph that are neither produced nor constant: the inputs it needs."""
+    found: dict[ir.Value, None] = {}
+    seen: set[ir.Node] = set()
+    stack = list(outputs)
+    while stack:
+        value = stack.pop()
+        producer = value.producer()
+        if producer is None:
+            if value.const_value is None:
+                found[value] = None
+        elif producer not in seen:
+            seen.add(producer)
+            stack.extend(v for v in producer.inputs if v is not None)
+    return list(found)
+
+
 def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *,
                   doc_string: str = "", graph_name: str = "graphc",
                   refresh: Callable[[ir.Value], None] | None = None) -> ir.Model:

@@ -91,6 +91,7 @@ class TrainingSession:
         self.provider = provider
         self.nan_policy = nan_policy
         self.skipped_steps = 0
+        self.steps = int(initial_values.get("step", 0))  # host mirror of the "step" input: no device read per step
         self.session = create_session(model, provider, threads)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -120,13 +121,14 @@ class TrainingSession:
         if self._finite(results):
             for inp, out in self.state_pairs:
                 self.state[inp] = results[out]
+            self.steps += 1
         return {n: results[n] for n in self._result_names}
 
     def _finite(self, results) -> bool:
         loss = float(results[self.output_names[0]])
         if math.isfinite(loss):
             return True
-        step = int(self.read("step"))
+        step = self.steps
         if self.nan_policy == "skip":
             self.skipped_steps += 1
             return False
@@ -142,6 +144,8 @@ class TrainingSession:
 
     def write(self, name: str, array: np.ndarray) -> None:
         array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")  # keeps 0-d arrays 0-d
+        if name == "step":
+            self.steps = int(array)
         if self.device == "cuda":
             self._current[name].update_inplace(array)
         else:
@@ -186,4 +190,5 @@ class TrainingSession:
         results = {name: outputs[index[name]].numpy() for name in self._result_names}
         if self._finite({self.output_names[0]: results[self.output_names[0]]}):
             self._current, self._spare = self._spare, self._current
+            self.steps += 1
         return results

@@ -153,14 +153,15 @@ OPTIMIZER_CASES = {
 
 
 def run_trajectories(gc_opt_cls, torch_opt_cls, hparams, steps=15, lr_schedule=None, max_grad_norm=None,
-                     x_scale=1.0):
+                     x_scale=1.0, fuse_update=True):
     """Train twin models side by side; returns (graphc losses, torch losses, model, tmodel, trainer, norms)."""
     model, tmodel = twin_models()
     x = gc.input("x", shape=("batch", SMALL[0]))
     y = gc.input("y", shape=("batch",), dtype="int64")
     loss = F.cross_entropy(model(x), y)
     opt = gc_opt_cls(model.parameters(), **hparams)
-    trainer = gc.Trainer(loss, opt, inputs=[x, y], provider="cpu", seed=0, max_grad_norm=max_grad_norm)
+    trainer = gc.Trainer(loss, opt, inputs=[x, y], provider="cpu", seed=0, max_grad_norm=max_grad_norm,
+                         fuse_update=fuse_update)
     topt = torch_opt_cls(tmodel.parameters(), **hparams)
 
     ours, theirs, norms = [], [], []
@@ -181,22 +182,26 @@ def run_trajectories(gc_opt_cls, torch_opt_cls, hparams, steps=15, lr_schedule=N
     return ours, theirs, model, tmodel, trainer, norms
 
 
+@pytest.mark.parametrize("fuse_update", [True, False], ids=["flat", "per_param"])
 @pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
-def test_optimizer_trajectory_matches_torch(case):
+def test_optimizer_trajectory_matches_torch(case, fuse_update):
+    """Both update layouts: all parameters as one flat vector (default) and one update per parameter."""
     gc_cls, torch_cls, hparams = OPTIMIZER_CASES[case]
-    ours, theirs, model, tmodel, trainer, _ = run_trajectories(gc_cls, torch_cls, hparams)
+    ours, theirs, model, tmodel, trainer, _ = run_trajectories(gc_cls, torch_cls, hparams, fuse_update=fuse_update)
     np.testing.assert_allclose(ours, theirs, err_msg=f"{case}: losses", **TRAJ)
     assert_params_equal(model, tmodel, **TRAJ)
     assert trainer.steps_done == 15
     assert ours[-1] < ours[0] + 1.0  # sanity: training did not blow up
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum", "adam", "adagrad_lr_decay", "rmsprop_centered"])
-def test_changing_lr_between_steps_matches_torch(case):
+@pytest.mark.parametrize("fuse_update", [True, False], ids=["flat", "per_param"])
+@pytest.mark.parametrize("case", ["sgd_momentum", "adam", "adamw_custom_wd", "adagrad_lr_decay", "rmsprop_centered"])
+def test_changing_lr_between_steps_matches_torch(case, fuse_update):
     gc_cls, torch_cls, hparams = OPTIMIZER_CASES[case]
     lr = hparams["lr"]
     schedule = {4: lr * 0.5, 8: lr * 2.0, 12: 0.0}
-    ours, theirs, model, tmodel, _, _ = run_trajectories(gc_cls, torch_cls, hparams, lr_schedule=schedule)
+    ours, theirs, model, tmodel, _, _ = run_trajectories(gc_cls, torch_cls, hparams, lr_schedule=schedule,
+                                                         fuse_update=fuse_update)
     np.testing.assert_allclose(ours, theirs, err_msg=f"{case}: losses", **TRAJ)
     assert_params_equal(model, tmodel, **TRAJ)
 
@@ -229,9 +234,11 @@ def test_optimizer_defaults_match_torch(gc_cls, torch_cls):
 
 
 # ---- gradient clipping ---------------------------------------------------------
-def test_max_grad_norm_matches_clip_grad_norm():
+@pytest.mark.parametrize("fuse_update", [True, False], ids=["flat", "per_param"])
+def test_max_grad_norm_matches_clip_grad_norm(fuse_update):
     ours, theirs, model, tmodel, _, norms = run_trajectories(
-        gc.optim.SGD, torch.optim.SGD, {"lr": 0.2, "momentum": 0.5}, max_grad_norm=1.0, x_scale=4.0)
+        gc.optim.SGD, torch.optim.SGD, {"lr": 0.2, "momentum": 0.5}, max_grad_norm=1.0, x_scale=4.0,
+        fuse_update=fuse_update)
     np.testing.assert_allclose(ours, theirs, **TRAJ)
     assert_params_equal(model, tmodel, **TRAJ)
     ours_norm, torch_norm = np.array(norms).T
@@ -399,3 +406,137 @@ def test_sequential_with_activation_layers_matches_torch():
     tloss.backward()
     np.testing.assert_allclose(loss_value, tloss.item(), **FWD)
     assert_grads_equal(grads, tmodel, **FWD)
+
+
+# ---- model shapes beyond the plain MLP ----------------------------------------------
+class Tied(nn.Module):
+    """fc1 applied twice: its gradient is the sum over both uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 6)
+        self.fc2 = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(F.tanh(self.fc1(F.relu(self.fc1(x)))))
+
+
+class TorchTied(TNN.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = TNN.Linear(6, 6)
+        self.fc2 = TNN.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(torch.relu(self.fc1(x)))))
+
+
+def test_reused_layer_and_bias_free_linear_trajectory_matches_torch():
+    torch.manual_seed(6)
+    tmodel, model = TorchTied(), Tied()
+    model.load_state_dict(tmodel.state_dict())
+    assert list(model.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight"]
+    x = gc.input("x", shape=("batch", 6))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=1e-2),
+                         inputs=[x, y])
+    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-2)
+    rng = np.random.default_rng(6)
+    for _ in range(8):
+        xb = rng.standard_normal((9, 6)).astype(np.float32)
+        yb = rng.integers(0, 3, 9).astype(np.int64)
+        topt.zero_grad()
+        tloss = TF.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb))
+        tloss.backward()
+        topt.step()
+        np.testing.assert_allclose(trainer.step({"x": xb, "y": yb}), tloss.item(), **TRAJ)
+    assert_params_equal(model, tmodel, **TRAJ)
+
+
+def test_optimizer_over_a_subset_trains_only_that_subset():
+    """Fine-tuning the last layer: torch leaves parameters outside the optimizer untouched."""
+    model, tmodel = twin_models()
+    x = gc.input("x", shape=("batch", SMALL[0]))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    opt = gc.optim.SGD(model.fc3.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), opt, inputs=[x, y])
+    topt = torch.optim.SGD(tmodel.fc3.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    frozen = {k: v for k, v in model.state_dict().items() if not k.startswith("fc3.")}
+    for xb, yb in batches(5):
+        topt.zero_grad()
+        tloss = TF.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb))
+        tloss.backward()
+        topt.step()
+        np.testing.assert_allclose(trainer.step({"x": xb, "y": yb}), tloss.item(), **TRAJ)
+    assert_params_equal(model, tmodel, **TRAJ)
+    after = model.state_dict()
+    for name, value in frozen.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_linear_on_3d_input_grads_match_torch():
+    """Linear over (N, T, F) goes through MatMul with a broadcast weight, not Gemm."""
+    torch.manual_seed(8)
+    tlayer = TNN.Linear(5, 4)
+    layer = nn.Linear(5, 4)
+    layer.load_state_dict(tlayer.state_dict())
+    rng = np.random.default_rng(8)
+    xb = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    tb = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    x = gc.input("x", shape=("batch", 7, 5))
+    t = gc.input("t", shape=("batch", 7, 4))
+    loss_value, grads = gc_loss_and_grads(layer, F.mse_loss(F.tanh(layer(x)), t), [x, t], {"x": xb, "t": tb})
+    tloss = TF.mse_loss(torch.tanh(tlayer(torch.from_numpy(xb))), torch.from_numpy(tb))
+    tloss.backward()
+    np.testing.assert_allclose(loss_value, tloss.item(), **FWD)
+    assert_grads_equal(grads, tlayer, **FWD)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.1}, {"weight": CLASS_WEIGHTS[:4]}],
+                         ids=["plain", "smooth", "weight"])
+def test_cross_entropy_over_a_sequence_matches_torch(kwargs):
+    """Logits (N, C, L) and targets (N, L), PyTorch's K-dimensional form."""
+    torch.manual_seed(9)
+    tlayer = TNN.Linear(6, 4)
+    layer = nn.Linear(6, 4)
+    layer.load_state_dict(tlayer.state_dict())
+    rng = np.random.default_rng(9)
+    xb = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    yb = rng.integers(0, 4, (3, 5)).astype(np.int64)
+    yb[0, 1] = -100
+    x = gc.input("x", shape=("batch", 5, 6))
+    y = gc.input("y", shape=("batch", 5), dtype="int64")
+    gc_kwargs = {k: gc.constant(v) if k == "weight" else v for k, v in kwargs.items()}
+    torch_kwargs = {k: torch.from_numpy(v) if k == "weight" else v for k, v in kwargs.items()}
+    logits = layer(x).permute(0, 2, 1)
+    loss_value, grads = gc_loss_and_grads(layer, F.cross_entropy(logits, y, **gc_kwargs), [x, y],
+                                          {"x": xb, "y": yb})
+    tloss = TF.cross_entropy(tlayer(torch.from_numpy(xb)).permute(0, 2, 1), torch.from_numpy(yb), **torch_kwargs)
+    tloss.backward()
+    np.testing.assert_allclose(loss_value, tloss.item(), **FWD)
+    assert_grads_equal(grads, tlayer, **FWD)
+
+
+# ---- hyperparameter checks: what torch.optim refuses, gc.optim refuses -----------------
+@pytest.mark.parametrize("name, hparams", [
+    ("SGD", {"lr": -0.1}), ("SGD", {"lr": 0.1, "momentum": -0.5}), ("SGD", {"lr": 0.1, "weight_decay": -1.0}),
+    ("SGD", {"lr": 0.1, "nesterov": True}), ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}),
+    ("Adam", {"betas": (1.0, 0.999)}), ("Adam", {"betas": (0.9, 1.5)}), ("Adam", {"eps": -1e-8}),
+    ("Adam", {"weight_decay": -0.1}), ("AdamW", {"betas": (-0.1, 0.9)}),
+    ("RMSprop", {"alpha": -0.5}), ("RMSprop", {"momentum": -1.0}), ("RMSprop", {"eps": -1.0}),
+    ("Adagrad", {"lr_decay": -1.0}), ("Adagrad", {"initial_accumulator_value": -1.0}), ("Adagrad", {"eps": -1.0}),
+])
+def test_invalid_hyperparameters_are_refused_like_torch(name, hparams):
+    with pytest.raises(ValueError):
+        getattr(torch.optim, name)([TNN.Parameter(torch.zeros(2))], **hparams)
+    with pytest.raises(ValueError):
+        getattr(gc.optim, name)(nn.Linear(2, 2).parameters(), **hparams)
+
+
+@pytest.mark.parametrize("name, hparams", [
+    ("SGD", {"lr": 0.0, "momentum": 0.0}), ("Adam", {"betas": (0.0, 0.0), "eps": 0.0}),
+    ("RMSprop", {"alpha": 0.0}), ("Adagrad", {"eps": 0.0}),
+])
+def test_boundary_hyperparameters_are_accepted_like_torch(name, hparams):
+    getattr(torch.optim, name)([TNN.Parameter(torch.zeros(2))], **hparams)
+    getattr(gc.optim, name)(nn.Linear(2, 2).parameters(), **hparams)

@@ -1,9 +1,9 @@
 """``graphc.nn``: modules and layers, as ``torch.nn``."""
 
 from graphc.nn import functional
-from graphc.nn.layers import Flatten, Identity, Linear, LogSoftmax, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from graphc.nn.layers import Dropout, Flatten, Identity, Linear, LogSoftmax, ReLU, Sequential, Sigmoid, Softmax, Tanh
 from graphc.nn.module import Module
 from graphc.nn.parameter import Parameter
 
 __all__ = ["functional", "Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-           "Identity", "Flatten", "Sequential"]
+           "Identity", "Flatten", "Sequential", "Dropout"]

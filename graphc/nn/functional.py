@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from graphc import ops
+from graphc import random as _random
 from graphc.dtypes import is_floating
 from graphc.errors import shape_error
 from graphc.tensor import Tensor, emit
@@ -50,6 +51,23 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     """x - logsumexp(x, dim) (ONNX LogSoftmax)."""
     axis = ops.norm_axis("LogSoftmax", dim, x.ndim)
     return emit("LogSoftmax", [x], {"axis": axis}, shape=x.shape, dtype=x.dtype)
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p); identity when not training.
+
+    The mask comes from the in-graph generator (``graphc.random.uniform_like``):
+    a fresh mask every training step, reproducible from the Trainer's seed,
+    and the same mask in the backward pass (it is a value of the forward graph).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise shape_error("dropout", f"p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return ops.mul(x, 0.0)
+    keep = ops.compare("GreaterOrEqual", _random.uniform_like(x), float(p))
+    return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0)
 
 
 # ---- linear ------------------------------------------------------------

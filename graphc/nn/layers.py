@@ -82,6 +82,22 @@ class LogSoftmax(Module):
         return F.log_softmax(x, self.dim)
 
 
+class Dropout(Module):
+    """Dropout with probability ``p`` in training mode, identity after ``eval()`` (as torch.nn.Dropout)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Identity(Module):
     """Returns its input."""
 
