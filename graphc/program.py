@@ -13,7 +13,6 @@ from graphc.errors import GraphcError
 from graphc.nn.parameter import parameter_of
 from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
-from passes.random_streams import NumberRandomStreamsPass
 from runtime.input_files import check_feeds, input_specs
 from runtime.training_session import create_session
 
@@ -49,10 +48,8 @@ def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_str
                               "when they were called); call model.eval() and call the model again to build an "
                               "inference graph, or pass allow_random=True to feed 'rng_key' yourself")
         values.append(key)
-    model = extract_model(values, {k: v.value for k, v in outputs.items()},
-                          doc_string=doc_string, refresh=refresh_parameter)
-    NumberRandomStreamsPass()(model)
-    return model
+    return extract_model(values, {k: v.value for k, v in outputs.items()},
+                         doc_string=doc_string, refresh=refresh_parameter)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -20,6 +20,7 @@ from onnx_ir.passes.common import (
 )
 
 from passes import IR_VERSION, OPSET
+from passes.random_streams import NumberRandomStreamsPass
 
 
 class MissingInputError(ValueError):
@@ -108,7 +109,8 @@ def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *
         value.name = name
     model = ir.Model(graph, ir_version=IR_VERSION, producer_name="graphc", producer_version="0.1.0",
                      doc_string=doc_string)
-    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), TopologicalSortPass(),
-                    NameFixPass()):
+    # Random streams are numbered before CSE, which may merge a stream constant with an equal one.
+    for cleanup in (RemoveUnusedNodesPass(), TopologicalSortPass(), NumberRandomStreamsPass(),
+                    CommonSubexpressionEliminationPass(), TopologicalSortPass(), NameFixPass()):
         cleanup(model)
     return model
