@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphc import random as _random
 from graphc.errors import GraphcError
@@ -60,6 +61,7 @@ class Program:
     """A compiled inference program: ``run`` feeds numpy arrays, ``save`` writes standard ONNX."""
 
     def __init__(self, model: ir.Model, provider: str = "cpu"):
+        RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
         self.model: onnx.ModelProto = to_proto(model)
         self.provider = provider
         self._session = None

@@ -21,6 +21,7 @@ from graphc.nn.parameter import Parameter
 from graphc.optim import Optimizer
 from graphc.program import build_model, to_proto
 from graphc.random import RNG_KEY, key_for_step
+from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
 from passes.training_step import build_training_step
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -71,11 +72,16 @@ class Trainer:
         self.seed = seed
         self.input_names = [t.name for t in inputs]
         outputs = {"loss": loss, **dict(metrics or {})}
-        forward = build_model(list(inputs), outputs, doc_string="graphc training step", allow_random=True)
+        updates = updates_computed_with(list(outputs.values()))
+        update_outputs = {f"graphc.state_update.{i}": u.value for i, u in enumerate(updates)}
+        forward = build_model(list(inputs), {**outputs, **update_outputs}, doc_string="graphc training step",
+                              allow_random=True)
         self._random = RNG_KEY in [v.name for v in forward.graph.inputs]
-        names = self._trainable_names(forward, optimizer.params)
+        names = self._graph_names(forward, optimizer.params)
+        state_names = self._graph_names(forward, [u.buffer for u in updates])
+        state_updates = {state_names[id(u.buffer)]: key for u, key in zip(updates, update_outputs)}
         step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm,
-                                   fuse_update=fuse_update)
+                                   fuse_update=fuse_update, state_updates=state_updates)
         step.model.doc_string = ("graphc training step: forward, backward and optimizer update in standard "
                                  "ai.onnx ops. Inputs: batch, parameters, optimizer state, step, lr; "
                                  "outputs: loss, metrics, then '<input>.updated' for every carried input.")
@@ -85,15 +91,15 @@ class Trainer:
         self.last_metrics: dict[str, np.ndarray] = {}
         self._params = names
         self._loader = None
-        live = _LiveParameters(self.session, names)
-        for param in optimizer.params:
-            if id(param) in names:
+        live = _LiveParameters(self.session, {**names, **state_names})
+        for param in [*optimizer.params, *(u.buffer for u in updates)]:
+            if id(param) in live.names:
                 param._live = live
         optimizer._lr_listeners.append(lambda lr: self.session.set_input("lr", lr))
 
     @staticmethod
-    def _trainable_names(forward: ir.Model, params: Sequence[Parameter]) -> dict[int, str]:
-        """Graph names of the optimizer's parameters that the loss uses (others get no gradient, as in torch)."""
+    def _graph_names(forward: ir.Model, params: Sequence[Parameter]) -> dict[int, str]:
+        """Initializer names of those ``params`` the model uses (unused ones get no gradient, as in torch)."""
         by_param = {}
         for value in forward.graph.initializers.values():
             param = value.meta.get("graphc.parameter")
@@ -223,6 +229,8 @@ class Trainer:
         graph = model.graph
         values = {name: self.session.read(name) for name in self.session.state_names()}
         values["lr"] = np.asarray(self.optimizer.lr, dtype=self.session._extra_inputs["lr"].dtype)
+        if self._random:  # the key of the next step, so the file draws the masks trainer.step would
+            values[RNG_KEY] = key_for_step(self.seed, self.steps_done)
         for name, array in values.items():
             graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
         return model

@@ -15,7 +15,6 @@ import onnx_ir as ir
 from onnx_ir.passes.common import (
     CommonSubexpressionEliminationPass,
     NameFixPass,
-    RemoveUnusedNodesPass,
     TopologicalSortPass,
 )
 
@@ -56,6 +55,19 @@ def _collect(outputs: Sequence[ir.Value], inputs: set[ir.Value]) -> tuple[list[i
         stack.append((item, True))
         stack.extend((v, False) for v in reversed(item.inputs) if v is not None)
     return order, list(leaves)
+
+
+def reachable_nodes(outputs: Sequence[ir.Value]) -> set[ir.Node]:
+    """Every node that ``outputs`` depend on."""
+    seen: set[ir.Node] = set()
+    stack = [v.producer() for v in outputs if v.producer() is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+    return seen
 
 
 def free_inputs(outputs: Sequence[ir.Value]) -> list[ir.Value]:
@@ -109,8 +121,10 @@ def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *
         value.name = name
     model = ir.Model(graph, ir_version=IR_VERSION, producer_name="graphc", producer_version="0.1.0",
                      doc_string=doc_string)
-    # Random streams are numbered before CSE, which may merge a stream constant with an equal one.
-    for cleanup in (RemoveUnusedNodesPass(), TopologicalSortPass(), NumberRandomStreamsPass(),
+    # No RemoveUnusedNodesPass: the collected nodes are all used, and it would also drop unused optional
+    # outputs (MaxPool's Indices) that a gradient pass may still want. Random streams are numbered before
+    # CSE, which may merge a stream constant with an equal one.
+    for cleanup in (TopologicalSortPass(), NumberRandomStreamsPass(),
                     CommonSubexpressionEliminationPass(), TopologicalSortPass(), NameFixPass()):
         cleanup(model)
     return model

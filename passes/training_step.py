@@ -122,11 +122,15 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial):
 
 def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
                         loss: str = "loss", max_grad_norm: float | None = None,
-                        fuse_update: bool = True) -> TrainingStep:
+                        fuse_update: bool = True, state_updates: dict[str, str] | None = None) -> TrainingStep:
     """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step.
 
     ``fuse_update`` applies the optimizer to all parameters at once (see ``_apply_flat``).
+    ``state_updates`` maps initializers that are non-gradient state (BatchNorm running
+    statistics) to the forward outputs holding their next values; they are carried like
+    optimizer state.
     """
+    state_updates = dict(state_updates or {})
     graph = forward.graph
     outputs = {v.name: v for v in graph.outputs}
     if loss not in outputs:
@@ -135,7 +139,7 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     if loss_value.shape is not None and len(loss_value.shape) != 0:
         raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
     batch_inputs = [v.name for v in graph.inputs]
-    extra_outputs = [v.name for v in graph.outputs if v.name != loss]
+    extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
 
     params, initial = [], {}
     for name in trainable:
@@ -172,6 +176,15 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
     apply = _apply_flat if flat else _apply_per_parameter
     pairs, updated = apply(e, graph, scalars, optimizer, params, grads, initial)
+    for name, output_name in state_updates.items():
+        value = graph.initializers.get(name)
+        if value is None:
+            raise ValueError(f"state {name!r} is not an initializer of the model")
+        initial[name] = np.array(value.const_value.numpy(), copy=True)
+        graph.initializers.pop(name)
+        value.const_value = None
+        graph.inputs.append(value)
+        _carry(e, value, outputs[output_name], pairs, updated)
     updated.append(next_step)
     pairs.append(("step", next_step.name))
 

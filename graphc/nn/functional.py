@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from graphc import ops
 from graphc import random as _random
 from graphc.dtypes import is_floating
@@ -196,3 +198,82 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
         loss = ops.mul(loss, weight)
     return _reduce(loss, reduction)
 
+
+
+# ---- more activations (compositions: their gradients come from the primitives' rules) ----
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """x if x > 0 else negative_slope * x."""
+    return ops.where(ops.compare("Greater", x, 0.0), x, ops.mul(x, float(negative_slope)))
+
+
+def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    negative = ops.mul(ops.sub(ops.unary("Exp", ops.clip(x, max=0.0)), 1.0), float(alpha))
+    return ops.where(ops.compare("Greater", x, 0.0), x, negative)
+
+
+def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (PyTorch's overflow guard)."""
+    scaled = ops.mul(x, float(beta))
+    smooth = ops.div(ops.unary("Log", ops.add(ops.unary("Exp", ops.clip(scaled, max=float(threshold))), 1.0)),
+                     float(beta))
+    return ops.where(ops.compare("Greater", scaled, float(threshold)), x, smooth)
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """x * Phi(x): exact with Erf (default), or PyTorch's tanh approximation."""
+    if approximate == "tanh":
+        inner = ops.mul(ops.add(x, ops.mul(ops.mul(ops.mul(x, x), x), 0.044715)), float(np.sqrt(2.0 / np.pi)))
+        return ops.mul(ops.mul(x, 0.5), ops.add(ops.unary("Tanh", inner), 1.0))
+    if approximate != "none":
+        raise shape_error("gelu", f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return ops.mul(ops.mul(x, 0.5), ops.add(ops.unary("Erf", ops.mul(x, float(1.0 / np.sqrt(2.0)))), 1.0))
+
+
+# ---- embedding and normalisation -------------------------------------------------------
+def embedding(indices: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` (num, dim) picked by int ``indices`` (ONNX Gather; gradient scatter-adds rows).
+
+    Rows at ``padding_idx`` get no gradient: their output is multiplied by a 0/1 mask, which equals
+    PyTorch's output as long as that row is zero (as PyTorch initialises it).
+    """
+    if indices.dtype.kind not in "iu":
+        raise shape_error("embedding", f"indices must be integers, got {indices.dtype}")
+    if weight.ndim != 2:
+        raise shape_error("embedding", f"weight must be (num_embeddings, dim), got {ops.fmt(weight.shape)}")
+    out = emit("Gather", [weight, ops.cast(indices, "int64")], {"axis": 0},
+               shape=indices.shape + (weight.shape[1],), dtype=weight.dtype)
+    if padding_idx is None:
+        return out
+    keep = ops.cast(ops.compare("Equal", ops.compare("Equal", indices, int(padding_idx)), False), weight.dtype)
+    return ops.mul(out, ops.unsqueeze(keep, -1))
+
+
+def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last ``len(normalized_shape)`` dims (biased var)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[x.ndim - len(shape):]) != shape and all(isinstance(d, int) for d in x.shape[-len(shape):]):
+        raise shape_error("layer_norm", f"input {ops.fmt(x.shape)} does not end in {ops.fmt(shape)}")
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    centered = ops.sub(x, ops.reduce("ReduceMean", x, axes, keepdim=True))
+    var = ops.reduce("ReduceMean", ops.mul(centered, centered), axes, keepdim=True)
+    y = ops.mul(centered, ops.unary("Reciprocal", ops.unary("Sqrt", ops.add(var, float(eps)))))
+    if weight is not None:
+        y = ops.mul(y, weight)
+    if bias is not None:
+        y = ops.add(y, bias)
+    return y
+
+
+from graphc.nn.functional_spatial import (  # noqa: E402  (re-exported: torch.nn.functional has them here)
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    batch_norm,
+    conv2d,
+    max_pool2d,
+)
+
+__all__ = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "linear", "nll_loss", "cross_entropy",
+           "mse_loss", "l1_loss", "binary_cross_entropy", "leaky_relu", "elu", "softplus", "gelu", "embedding",
+           "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm"]

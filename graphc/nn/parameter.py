@@ -18,8 +18,8 @@ class Parameter(Tensor):
 
     def __init__(self, data, requires_grad: bool = True):
         array = np.array(data, copy=True)
-        if array.dtype == np.float64:
-            array = array.astype(np.float32)
+        if array.dtype == np.float64 and not isinstance(data, np.ndarray):
+            array = array.astype(np.float32)  # Python numbers and lists: PyTorch's default dtype
         value = ir.Value(name="param", shape=_to_ir_shape(array.shape), type=ir.TensorType(to_ir_dtype(array.dtype)))
         value.const_value = ir.Tensor(array)
         value.meta["graphc.parameter"] = self
