@@ -31,6 +31,8 @@ def unbroadcast(ctx: VJPContext, grad: ir.Value, target: ir.Value, out: ir.Value
     axes += [lead + i for i, d in enumerate(t_dims) if d == 1 and o_dims[lead + i] != 1]
     if not axes:
         return grad
+    if axes == list(range(lead)):  # only leading axes (a bias): one ReduceSum without keepdims
+        return ctx.op("ReduceSum", [grad, ctx.e.ints(axes)], {"keepdims": 0})
     summed = ctx.op("ReduceSum", [grad, ctx.e.ints(axes)], {"keepdims": 1})
     if lead:
         summed = ctx.op("Squeeze", [summed, ctx.e.ints(range(lead))])
