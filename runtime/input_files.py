@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """An input file or feed does not fit; the message names the input."""
 
 
@@ -340,7 +340,7 @@ def _check_dtype(spec: InputSpec, array: np.ndarray, cast: bool) -> np.ndarray:
     if array.dtype == spec.dtype or (spec.dtype.kind == "U" and array.dtype.kind == "U"):
         return array
     if not cast:
-        raise _mismatch(spec, array, f"dtype {dtype_name(array.dtype)} is not {dtype_name(spec.dtype)} (run with --cast to convert)")
+        raise _mismatch(spec, array, f"dtype {dtype_name(array.dtype)} is not {dtype_name(spec.dtype)} (convert the array, or pass --cast to the graphc runner)")
     return _cast(spec, array)
 
 

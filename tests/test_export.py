@@ -239,3 +239,50 @@ def test_cli_runs_the_saved_training_step(tmp_path):
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "out" / "loss.npy"), trainer.step({"x": xb, "y": yb}),
                                rtol=1e-6, atol=1e-7)
+
+
+# ---- models with dropout: the random key travels with the saved step ------------------
+def dropout_trainer():
+    gc.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 5))
+    x = gc.input("x", shape=("batch", 20))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=1e-2),
+                         inputs=[x, y], seed=3)
+    return trainer, model
+
+
+def test_trainer_save_with_dropout_draws_the_masks_of_the_next_step(tmp_path):
+    """Regression: the saved step needed an 'rng_key' feed; it now holds the next step's key."""
+    trainer, model = dropout_trainer()
+    for seed in range(2):
+        xb, yb = batch(seed=seed)
+        trainer.step({"x": xb, "y": yb})
+    path = tmp_path / "step.onnx"
+    trainer.save(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    assert_standard_onnx(onnx.load(str(path)))
+    session = plain_session(path)
+    xb, yb = batch(seed=5)
+    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": xb, "y": yb})))
+    assert trainer.step({"x": xb, "y": yb}) == pytest.approx(float(results["loss"]), rel=1e-6, abs=1e-7)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(results[name + ".updated"], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_program_of_eval_mode_dropout_model_is_deterministic_and_matches_torch(tmp_path):
+    torch.manual_seed(2)
+    tmodel = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                 torch.nn.Linear(32, 5)).eval()
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 5))
+    model.load_state_dict(tmodel.state_dict())
+    model.eval()
+    x = gc.input("x", shape=("batch", 20))
+    prog = gc.compile([x], {"logits": model(x)})
+    path = tmp_path / "eval.onnx"
+    prog.save(path)
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["x"]
+    xb, _ = batch()
+    (logits,) = plain_session(path).run(None, {"x": xb})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, tmodel(torch.from_numpy(xb)).numpy(), rtol=1e-5, atol=1e-5)

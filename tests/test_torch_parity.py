@@ -6,6 +6,8 @@ difference comes from graphc's forward, autodiff or optimizer graphs.
 Tolerances (float32 on both sides):
 - forward and single gradients: rtol 1e-5 / atol 1e-6; ONNX Runtime's Gemm and
   PyTorch's matmul sum in different orders, which moves the last bit or two.
+  The 784-wide MLP's logits use atol 1e-5: 784-term dot products near zero
+  have absolute rounding differences of a few 1e-6.
 - 15-step trajectories: rtol 1e-4 / atol 1e-5 on losses and final parameters;
   those last-bit differences are fed back through 15 updates.
 """
@@ -182,8 +184,16 @@ def run_trajectories(gc_opt_cls, torch_opt_cls, hparams, steps=15, lr_schedule=N
     return ours, theirs, model, tmodel, trainer, norms
 
 
-@pytest.mark.parametrize("fuse_update", [True, False], ids=["flat", "per_param"])
-@pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
+# The per-parameter layout (fuse_update=False) runs the same update functions, so one case per
+# optimizer with every state slot switched on covers it; the default flat layout runs every case.
+PER_PARAM_CASES = ["sgd_all", "sgd_momentum_dampening", "adam_amsgrad", "adamw_custom_wd",
+                   "rmsprop_centered_momentum", "rmsprop_weight_decay", "adagrad_lr_decay",
+                   "adagrad_initial_accumulator"]
+TRAJECTORY_CASES = [(case, True) for case in OPTIMIZER_CASES] + [(case, False) for case in PER_PARAM_CASES]
+
+
+@pytest.mark.parametrize("case, fuse_update", TRAJECTORY_CASES,
+                         ids=[f"{case}-{'flat' if fuse else 'per_param'}" for case, fuse in TRAJECTORY_CASES])
 def test_optimizer_trajectory_matches_torch(case, fuse_update):
     """Both update layouts: all parameters as one flat vector (default) and one update per parameter."""
     gc_cls, torch_cls, hparams = OPTIMIZER_CASES[case]
@@ -194,8 +204,9 @@ def test_optimizer_trajectory_matches_torch(case, fuse_update):
     assert ours[-1] < ours[0] + 1.0  # sanity: training did not blow up
 
 
-@pytest.mark.parametrize("fuse_update", [True, False], ids=["flat", "per_param"])
-@pytest.mark.parametrize("case", ["sgd_momentum", "adam", "adamw_custom_wd", "adagrad_lr_decay", "rmsprop_centered"])
+@pytest.mark.parametrize("case, fuse_update", [
+    ("sgd_momentum", True), ("adam", True), ("adamw_custom_wd", True), ("adagrad_lr_decay", True),
+    ("rmsprop_centered", True), ("adam", False), ("adagrad_lr_decay", False)])
 def test_changing_lr_between_steps_matches_torch(case, fuse_update):
     gc_cls, torch_cls, hparams = OPTIMIZER_CASES[case]
     lr = hparams["lr"]
@@ -540,3 +551,44 @@ def test_invalid_hyperparameters_are_refused_like_torch(name, hparams):
 def test_boundary_hyperparameters_are_accepted_like_torch(name, hparams):
     getattr(torch.optim, name)([TNN.Parameter(torch.zeros(2))], **hparams)
     getattr(gc.optim, name)(nn.Linear(2, 2).parameters(), **hparams)
+
+
+# ---- more loss forms -------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["ce_none_sum", "mse_none_mean", "softmax_mse", "bce_weight", "bce_sum"])
+def test_more_loss_forms_match_torch(case):
+    rng = np.random.default_rng(11)
+    sizes = (6, 8, 8, 3)
+    model, tmodel = twin_models(sizes)
+    xb = rng.standard_normal((10, 6)).astype(np.float32)
+    yb = rng.integers(0, 3, 10).astype(np.int64)
+    tb = rng.random((10, 3), dtype=np.float32)
+    wb = rng.random((10, 3), dtype=np.float32)
+    x = gc.input("x", shape=("batch", 6))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    t = gc.input("t", shape=("batch", 3))
+    w = gc.input("w", shape=("batch", 3))
+    txb, tyb, ttb, twb = map(torch.from_numpy, (xb, yb, tb, wb))
+    z, tz = model(x), tmodel(txb)
+    if case == "ce_none_sum":
+        loss, tloss = F.cross_entropy(z, y, reduction="none").sum(), TF.cross_entropy(tz, tyb, reduction="none").sum()
+    elif case == "mse_none_mean":
+        loss, tloss = F.mse_loss(z, t, reduction="none").mean(), TF.mse_loss(tz, ttb, reduction="none").mean()
+    elif case == "softmax_mse":
+        loss, tloss = F.mse_loss(F.softmax(z, dim=1), t), TF.mse_loss(TF.softmax(tz, dim=1), ttb)
+    elif case == "bce_weight":
+        loss = F.binary_cross_entropy(F.sigmoid(z), t, weight=w)
+        tloss = TF.binary_cross_entropy(torch.sigmoid(tz), ttb, weight=twb)
+    else:
+        loss = F.binary_cross_entropy(F.sigmoid(z), t, reduction="sum")
+        tloss = TF.binary_cross_entropy(torch.sigmoid(tz), ttb, reduction="sum")
+    loss_value, grads = gc_loss_and_grads(model, loss, [x, y, t, w], {"x": xb, "y": yb, "t": tb, "w": wb})
+    tloss.backward()
+    np.testing.assert_allclose(loss_value, tloss.item(), **FWD)
+    assert_grads_equal(grads, tmodel, **FWD)
+
+
+def test_cross_entropy_label_smoothing_with_weights_matches_torch():
+    kwargs = {"label_smoothing": 0.1}
+    _classification_case(lambda z, y: F.cross_entropy(z, y, weight=gc.constant(CLASS_WEIGHTS), **kwargs),
+                         lambda z, y: TF.cross_entropy(z, y, weight=torch.from_numpy(CLASS_WEIGHTS), **kwargs),
+                         LABELS_IGNORED)

@@ -145,16 +145,23 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     nll = nll_loss(logp, target, weight, ignore_index, reduction)
     if not label_smoothing:
         return nll
-    if weight is not None:
-        raise shape_error("cross_entropy", "label_smoothing together with class weights is not supported yet")
-    smooth = ops.neg(ops.reduce("ReduceMean", logp, 1))  # (N, ...): mean over classes of -log p
+    classes = input.shape[1]
+    if not isinstance(classes, int):
+        raise shape_error("cross_entropy", "label_smoothing needs a static number of classes")
+    # PyTorch: smooth_i = -sum_c w_c log p_ic, scaled by e / C; "mean" divides by sum_i w[t_i] (kept targets).
+    terms = logp if weight is None else ops.mul(logp, _class_axis(weight, input.ndim))
+    smooth = ops.neg(ops.reduce("ReduceSum", terms, 1))
     ignored = ops.compare("Equal", target, ignore_index)
     smooth = ops.where(ignored, 0.0, smooth)
     if reduction == "mean":
-        kept = ops.reduce("ReduceSum", ops.cast(ops.compare("Equal", ignored, False), input.dtype))
-        smooth = ops.div(ops.reduce("ReduceSum", smooth), kept)
+        kept = ops.cast(ops.compare("Equal", ignored, False), input.dtype)
+        if weight is not None:
+            safe = ops.where(ignored, 0, ops.cast(target, "int64"))
+            kept = ops.mul(kept, emit("Gather", [weight, safe], {"axis": 0}, shape=target.shape, dtype=input.dtype))
+        smooth = ops.div(ops.reduce("ReduceSum", smooth), ops.reduce("ReduceSum", kept))
     else:
         smooth = _reduce(smooth, reduction)
+    smooth = ops.mul(smooth, 1.0 / classes)
     return ops.add(ops.mul(nll, 1.0 - label_smoothing), ops.mul(smooth, float(label_smoothing)))
 
 

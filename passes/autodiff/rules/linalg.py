@@ -23,12 +23,12 @@ def matmul_vjp(ctx: VJPContext):
     g = ctx.g
     ra, rb = len(a.shape), len(b.shape)
     a2, b2 = a, b
+    if rb == 1:  # before a's axis: for 1-D @ 1-D, g is a scalar and gets -1 first, then -2
+        b2 = ctx.op("Unsqueeze", [b, ctx.e.ints([1])])
+        g = ctx.op("Unsqueeze", [g, ctx.e.ints([-1])])
     if ra == 1:
         a2 = ctx.op("Unsqueeze", [a, ctx.e.ints([0])])
         g = ctx.op("Unsqueeze", [g, ctx.e.ints([-2])])
-    if rb == 1:
-        b2 = ctx.op("Unsqueeze", [b, ctx.e.ints([1])])
-        g = ctx.op("Unsqueeze", [g, ctx.e.ints([-1])])
     ra2, rb2 = max(ra, 2), max(rb, 2)
     da = db = None
     if ra2 == 2 and rb2 == 2:
@@ -40,10 +40,10 @@ def matmul_vjp(ctx: VJPContext):
         out_rank = max(ra2, rb2)
         if ctx.needs(0):
             da = ctx.op("MatMul", [g, _swap_last(ctx, b2, rb2)])
-            da = _reduce_batch(ctx, da, a2, ra2, out_rank)
+            da = _reduce_batch(ctx, da, a, ra2, out_rank)
         if ctx.needs(1):
             db = ctx.op("MatMul", [_swap_last(ctx, a2, ra2), g])
-            db = _reduce_batch(ctx, db, b2, rb2, out_rank)
+            db = _reduce_batch(ctx, db, b, rb2, out_rank)
     if da is not None and ra == 1:
         da = ctx.op("Squeeze", [da, ctx.e.ints([0])])
     if db is not None and rb == 1:
@@ -52,7 +52,7 @@ def matmul_vjp(ctx: VJPContext):
 
 
 def _reduce_batch(ctx: VJPContext, grad, operand, rank: int, out_rank: int):
-    """Sum the broadcast batch dims of a MatMul cotangent back to ``operand``'s."""
+    """Sum the broadcast batch dims of a MatMul cotangent back to ``operand``'s (the unpromoted input)."""
     lead = out_rank - rank
     dims = list(operand.shape)
     axes = list(range(lead)) + [lead + i for i, d in enumerate(dims[:-2]) if d == 1]

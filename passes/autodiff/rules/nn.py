@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from passes.autodiff.helpers import static_dims
 from passes.autodiff.registry import VJPContext, register_vjp
@@ -62,9 +63,16 @@ def nll_loss_vjp(ctx: VJPContext):
         coef = scale if w is None else ctx.op("Mul", [w, scale])
     coef = ctx.op("Neg", [coef])
     classes = static_dims(x)[1]
-    depth = ctx.e.ints([classes]) if isinstance(classes, int) else ctx.op("Shape", [x], {"start": 1, "end": 2})
-    off_on = ctx.e.const(np.array([0, 1], dtype=dtype.numpy()))
+    # A scalar depth: the spec also allows a 1-element 1-D tensor, but the reference evaluator does not.
+    if isinstance(classes, int):
+        depth = ctx.e.const(np.asarray(classes, dtype=np.int64))
+    else:
+        depth = ctx.op("Squeeze", [ctx.op("Shape", [x], {"start": 1, "end": 2})])
+    # float32 values: ONNX Runtime's CPU OneHot has no double (or float16) kernel; 0 and 1 cast exactly.
+    off_on = ctx.e.const(np.array([0, 1], dtype=np.float32))
     onehot = ctx.op("OneHot", [safe_target, depth, off_on], {"axis": 1})
+    if dtype != ir.DataType.FLOAT:
+        onehot = ctx.op("Cast", [onehot], {"to": dtype})
     per_sample = w is not None or reduction == "none"
     if not per_sample:
         return [ctx.op("Mul", [onehot, coef]), None, None]
