@@ -316,6 +316,37 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
     return emit("Unsqueeze", [x, constant(np.asarray([axis], dtype=np.int64))], shape=shape, dtype=x.dtype)
 
 
+def expand(x: Tensor, *sizes) -> Tensor:
+    """``x.expand(*sizes)``: broadcast to a larger shape without copying semantics; -1 keeps a dim (ONNX Expand)."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    lead = len(sizes) - x.ndim
+    if lead < 0:
+        raise shape_error("Expand", f"cannot expand {fmt(x.shape)} to fewer dims {fmt(sizes)}")
+    target = []
+    for i, size in enumerate(sizes):
+        own = x.shape[i - lead] if i >= lead else None
+        if size == -1:
+            if i < lead:
+                raise shape_error("Expand", f"-1 is not allowed for the new leading dim {i} in {fmt(sizes)}")
+            target.append(own)
+        elif own not in (1, None, size) and isinstance(own, int):
+            raise shape_error("Expand", f"dim {i} of size {own} cannot expand to {size} ({fmt(x.shape)} -> {fmt(sizes)})")
+        else:
+            target.append(size)
+    spec = []  # Expand broadcasts, so 1 keeps the input's own dim
+    for i, size in enumerate(sizes):
+        own = x.shape[i - lead] if i >= lead else None
+        if size == -1 or (isinstance(size, str) and size == own):
+            spec.append(1)
+        elif isinstance(size, str):
+            raise shape_error("Expand", f"symbolic size {size!r} must be the input's own dim at position {i}")
+        else:
+            spec.append(int(size))
+    shape_input = constant(np.asarray(spec, dtype=np.int64))
+    return emit("Expand", [x, shape_input], shape=tuple(target), dtype=x.dtype)
+
+
 # ---- reductions --------------------------------------------------------
 def _reduce_axes(op: str, x: Tensor, dim) -> list[int]:
     if dim is None:

@@ -128,6 +128,7 @@ class Tensor:
     def argmax(self, dim=None, keepdim: bool = False): return _ops().argmax(self, dim, keepdim)
     def squeeze(self, dim=None): return _ops().squeeze(self, dim)
     def unsqueeze(self, dim: int): return _ops().unsqueeze(self, dim)
+    def expand(self, *sizes): return _ops().expand(self, *sizes)
     def exp(self): return _ops().unary("Exp", self)
     def log(self): return _ops().unary("Log", self)
     def sqrt(self): return _ops().unary("Sqrt", self)

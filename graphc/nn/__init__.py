@@ -14,8 +14,9 @@ from graphc.nn.layers_spatial import (
 )
 from graphc.nn.module import Module
 from graphc.nn.parameter import Parameter
+from graphc.nn.recurrent import GRU, LSTM, RNN
 
 __all__ = ["functional", "Module", "Parameter", "Linear", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
            "Identity", "Flatten", "Sequential", "Dropout",
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Embedding",
-           "LayerNorm"]
+           "LayerNorm", "RNN", "LSTM", "GRU"]
