@@ -162,33 +162,38 @@ class TrainingSession:
 
     # ---- CUDA: device-resident state with IOBinding, double-buffered ----
     def _init_cuda(self, initial_values) -> None:
+        """Two state buffers A and B on the GPU and two IOBindings: A -> B and B -> A, bound once."""
+
         def device_copy(array):
             return ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"), "cuda", 0)
 
-        self._current = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
-        self._spare = {inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs}
-        self._binding = self.session.io_binding()
+        self._buffers = [{inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs} for _ in range(2)]
+        self._bindings = []
+        for source, target in ((0, 1), (1, 0)):
+            binding = self.session.io_binding()
+            for name in self._result_names:  # bound first: get_outputs() lists them first
+                binding.bind_output(name, "cpu")
+            for inp, out in self.state_pairs:
+                binding.bind_ortvalue_input(inp, self._buffers[source][inp])
+                binding.bind_ortvalue_output(out, self._buffers[target][inp])
+            self._bindings.append(binding)
+        self._active = 0  # index of the buffer holding the current state
+
+    @property
+    def _current(self) -> dict:
+        return self._buffers[self._active]
 
     def _run_cuda(self, batch):
-        binding = self._binding
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
+        binding = self._bindings[self._active]
         for name, array in {**batch, **self._extra_inputs}.items():
             binding.bind_cpu_input(name, np.require(array, requirements="C"))
-        for inp, _ in self.state_pairs:
-            binding.bind_ortvalue_input(inp, self._current[inp])
-        for name in self._result_names:
-            binding.bind_output(name, "cpu")
-        for inp, out in self.state_pairs:
-            binding.bind_ortvalue_output(out, self._spare[inp])
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # ORT's pybind errors
             raise RuntimeError(f"training step failed on CUDA: {clean_ort_message(exc)}") from None
-        outputs = binding.get_outputs()
-        index = {name: i for i, name in enumerate(self._result_names)}
-        results = {name: outputs[index[name]].numpy() for name in self._result_names}
+        outputs = binding.get_outputs()  # results were bound first, in order
+        results = {name: outputs[i].numpy() for i, name in enumerate(self._result_names)}
         if self._finite({self.output_names[0]: results[self.output_names[0]]}):
-            self._current, self._spare = self._spare, self._current
+            self._active ^= 1  # the step's outputs become the state; the old buffer is overwritten next step
             self.steps += 1
         return results
