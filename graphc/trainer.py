@@ -59,11 +59,14 @@ class Trainer:
         threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
         fuse_update: update all parameters as one concatenated vector (faster; state inputs are then
             ``optimizer.<slot>`` instead of ``<param>.<slot>``).
+        io_binding: keep the state in device OrtValues bound with IOBinding (default: on CUDA only;
+            on CPU plain numpy feeds measured faster).
     """
 
     def __init__(self, loss: Tensor, optimizer: Optimizer, inputs: Sequence[Tensor], provider: str = "cpu",
                  seed: int = 0, metrics: Mapping[str, Tensor] | None = None, max_grad_norm: float | None = None,
-                 nan_policy: str = "raise", threads: int | None = None, fuse_update: bool = True):
+                 nan_policy: str = "raise", threads: int | None = None, fuse_update: bool = True,
+                 io_binding: bool | None = None):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ValueError(f"the loss must be a scalar Tensor, got {loss!r}")
         if not isinstance(optimizer, Optimizer):
@@ -86,7 +89,8 @@ class Trainer:
                                  "ai.onnx ops. Inputs: batch, parameters, optimizer state, step, lr; "
                                  "outputs: loss, metrics, then '<input>.updated' for every carried input.")
         self.step_model: onnx.ModelProto = to_proto(step.model)
-        self.session = TrainingSession(self.step_model, step.initial_values, provider, nan_policy, threads)
+        self.session = TrainingSession(self.step_model, step.initial_values, provider, nan_policy, threads,
+                                       io_binding)
         self.metric_names = step.extra_outputs + (["grad_norm"] if max_grad_norm is not None else [])
         self.last_metrics: dict[str, np.ndarray] = {}
         self._params = names

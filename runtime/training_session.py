@@ -82,7 +82,7 @@ class TrainingSession:
     """Owns the ONNX Runtime session of a training step and the state carried between steps."""
 
     def __init__(self, model: onnx.ModelProto, initial_values: dict[str, np.ndarray], provider: str = "cpu",
-                 nan_policy: str = "raise", threads: int | None = None):
+                 nan_policy: str = "raise", threads: int | None = None, io_binding: bool | None = None):
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
         meta = {p.key: p.value for p in model.metadata_props}
@@ -94,6 +94,9 @@ class TrainingSession:
         self.steps = int(initial_values.get("step", 0))  # host mirror of the "step" input: no device read per step
         self.session = create_session(model, provider, threads)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        # IOBinding keeps state in OrtValues on the device (required on CUDA); on CPU plain feeds measured
+        # faster, but the bound path can be chosen there too (the tests run it on CPU that way).
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
         self.output_names = [o.name for o in self.session.get_outputs()]
         state_inputs = {i for i, _ in self.state_pairs}
         specs = [s for s in input_specs(model) if s.name in set(self.batch_inputs)]
@@ -105,8 +108,8 @@ class TrainingSession:
             raise ValueError(f"no initial value for state inputs {sorted(missing)}")
         self._dtypes = {name: initial_values[name].dtype for name in state_inputs}
         self._extra_inputs = {k: np.asarray(v) for k, v in initial_values.items() if k not in state_inputs}
-        if self.device == "cuda":
-            self._init_cuda(initial_values)
+        if self.io_binding:
+            self._init_bound(initial_values)
         else:
             self.state = {name: np.array(initial_values[name], copy=True) for name in state_inputs}
 
@@ -114,8 +117,8 @@ class TrainingSession:
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One training step; returns the loss and other non-state outputs (host numpy arrays)."""
         self._check(batch)
-        if self.device == "cuda":
-            return self._run_cuda(batch)
+        if self.io_binding:
+            return self._run_bound(batch)
         outputs = self.session.run(self.output_names, {**batch, **self._extra_inputs, **self.state})
         results = dict(zip(self.output_names, outputs))
         if self._finite(results):
@@ -138,7 +141,7 @@ class TrainingSession:
 
     # ---- state access (parameters read back on demand) ------------------
     def read(self, name: str) -> np.ndarray:
-        if self.device == "cuda":
+        if self.io_binding:
             return self._current[name].numpy()
         return np.array(self.state[name], copy=True)
 
@@ -146,7 +149,7 @@ class TrainingSession:
         array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")  # keeps 0-d arrays 0-d
         if name == "step":
             self.steps = int(array)
-        if self.device == "cuda":
+        if self.io_binding:
             self._current[name].update_inplace(array)
         else:
             self.state[name] = np.array(array, copy=True)
@@ -160,12 +163,13 @@ class TrainingSession:
     def state_names(self) -> list[str]:
         return [inp for inp, _ in self.state_pairs]
 
-    # ---- CUDA: device-resident state with IOBinding, double-buffered ----
-    def _init_cuda(self, initial_values) -> None:
+    # ---- device-resident state with IOBinding, double-buffered (CUDA) ----
+    def _init_bound(self, initial_values) -> None:
         """Two state buffers A and B on the GPU and two IOBindings: A -> B and B -> A, bound once."""
 
         def device_copy(array):
-            return ort.OrtValue.ortvalue_from_numpy(np.require(array, requirements="C"), "cuda", 0)
+            # A fresh copy each: on CPU an OrtValue wraps the numpy memory, and the two buffers must not alias.
+            return ort.OrtValue.ortvalue_from_numpy(np.array(array, order="C", copy=True), self.device, 0)
 
         self._buffers = [{inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs} for _ in range(2)]
         self._bindings = []
@@ -183,14 +187,14 @@ class TrainingSession:
     def _current(self) -> dict:
         return self._buffers[self._active]
 
-    def _run_cuda(self, batch):
+    def _run_bound(self, batch):
         binding = self._bindings[self._active]
         for name, array in {**batch, **self._extra_inputs}.items():
             binding.bind_cpu_input(name, np.require(array, requirements="C"))
         try:
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # ORT's pybind errors
-            raise RuntimeError(f"training step failed on CUDA: {clean_ort_message(exc)}") from None
+            raise RuntimeError(f"training step failed on {self.device}: {clean_ort_message(exc)}") from None
         outputs = binding.get_outputs()  # results were bound first, in order
         results = {name: outputs[i].numpy() for i, name in enumerate(self._result_names)}
         if self._finite({self.output_names[0]: results[self.output_names[0]]}):

@@ -142,8 +142,8 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if not training:
         if running_mean is None or running_var is None:
             raise shape_error("batch_norm", "eval mode needs running statistics")
-        ones = weight if weight is not None else constant(np.ones(channels, x.dtype))
-        zeros = bias if bias is not None else constant(np.zeros(channels, x.dtype))
+        ones = weight if weight is not None else constant(np.ones(channels), dtype=x.dtype)
+        zeros = bias if bias is not None else constant(np.zeros(channels), dtype=x.dtype)
         return emit("BatchNormalization", [x, ones, zeros, running_mean, running_var], {"epsilon": eps},
                     shape=x.shape, dtype=x.dtype)
     axes = (0,) + tuple(range(2, x.ndim))
@@ -170,7 +170,7 @@ def _count(x: Tensor, axes) -> Tensor:
     """How many values each channel's statistics average (static when the dims are)."""
     dims = [x.shape[a] for a in axes]
     if all(isinstance(d, int) for d in dims):
-        return constant(np.asarray(float(np.prod(dims)), dtype=x.dtype))
+        return constant(float(np.prod(dims)), dtype=x.dtype)
     shape = emit("Shape", [x], shape=(x.ndim,), dtype=np.int64)
     picked = emit("Gather", [shape, constant(np.asarray(list(axes), np.int64))], shape=(len(axes),),
                   dtype=np.int64)
