@@ -155,7 +155,7 @@ OPTIMIZER_CASES = {
 
 
 def run_trajectories(gc_opt_cls, torch_opt_cls, hparams, steps=15, lr_schedule=None, max_grad_norm=None,
-                     x_scale=1.0, fuse_update=True):
+                     x_scale=1.0, fuse_update=False):
     """Train twin models side by side; returns (graphc losses, torch losses, model, tmodel, trainer, norms)."""
     model, tmodel = twin_models()
     x = gc.input("x", shape=("batch", SMALL[0]))
@@ -184,18 +184,18 @@ def run_trajectories(gc_opt_cls, torch_opt_cls, hparams, steps=15, lr_schedule=N
     return ours, theirs, model, tmodel, trainer, norms
 
 
-# The per-parameter layout (fuse_update=False) runs the same update functions, so one case per
-# optimizer with every state slot switched on covers it; the default flat layout runs every case.
-PER_PARAM_CASES = ["sgd_all", "sgd_momentum_dampening", "adam_amsgrad", "adamw_custom_wd",
+# The flat layout (fuse_update=True) runs the same update functions, so one case per optimizer
+# with every state slot switched on covers it; the default per-parameter layout runs every case.
+FLAT_CASES = ["sgd_all", "sgd_momentum_dampening", "adam_amsgrad", "adamw_custom_wd",
                    "rmsprop_centered_momentum", "rmsprop_weight_decay", "adagrad_lr_decay",
                    "adagrad_initial_accumulator"]
-TRAJECTORY_CASES = [(case, True) for case in OPTIMIZER_CASES] + [(case, False) for case in PER_PARAM_CASES]
+TRAJECTORY_CASES = [(case, False) for case in OPTIMIZER_CASES] + [(case, True) for case in FLAT_CASES]
 
 
 @pytest.mark.parametrize("case, fuse_update", TRAJECTORY_CASES,
                          ids=[f"{case}-{'flat' if fuse else 'per_param'}" for case, fuse in TRAJECTORY_CASES])
 def test_optimizer_trajectory_matches_torch(case, fuse_update):
-    """Both update layouts: all parameters as one flat vector (default) and one update per parameter."""
+    """Both update layouts: one update per parameter (default) and all parameters as one flat vector."""
     gc_cls, torch_cls, hparams = OPTIMIZER_CASES[case]
     ours, theirs, model, tmodel, trainer, _ = run_trajectories(gc_cls, torch_cls, hparams, fuse_update=fuse_update)
     np.testing.assert_allclose(ours, theirs, err_msg=f"{case}: losses", **TRAJ)
