@@ -20,6 +20,7 @@ from onnx_ir.passes.common import (
 
 from passes import IR_VERSION, OPSET
 from passes.random_streams import NumberRandomStreamsPass
+from passes.traversal import leaf_values, topological_nodes
 
 
 class MissingInputError(ValueError):
@@ -28,63 +29,26 @@ class MissingInputError(ValueError):
 
 def _collect(outputs: Sequence[ir.Value], inputs: set[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
     """Nodes reachable backwards from ``outputs`` (topological order) and the initializer leaves."""
-    order: list[ir.Node] = []
-    seen: set[ir.Node] = set()
-    leaves: dict[ir.Value, None] = {}
-    stack: list[tuple[ir.Node | ir.Value, bool]] = [(v, False) for v in reversed(outputs)]
-    while stack:
-        item, expanded = stack.pop()
-        if isinstance(item, ir.Value):
-            producer = item.producer()
-            if producer is None:
-                if item not in inputs:
-                    if item.const_value is None:
-                        raise MissingInputError(
-                            f"the outputs depend on input {item.name!r}, which is not in inputs="
-                            f"{sorted(v.name for v in inputs)}")
-                    leaves[item] = None
-            elif producer not in seen:
-                stack.append((producer, False))
+    nodes = topological_nodes(outputs)
+    initializers = []
+    for leaf in leaf_values(outputs, nodes):
+        if leaf in inputs:
             continue
-        if expanded:
-            order.append(item)
-            continue
-        if item in seen:
-            continue
-        seen.add(item)
-        stack.append((item, True))
-        stack.extend((v, False) for v in reversed(item.inputs) if v is not None)
-    return order, list(leaves)
+        if leaf.const_value is None:
+            raise MissingInputError(f"the outputs depend on input {leaf.name!r}, which is not in inputs="
+                                    f"{sorted(v.name for v in inputs)}")
+        initializers.append(leaf)
+    return nodes, initializers
 
 
 def reachable_nodes(outputs: Sequence[ir.Value]) -> set[ir.Node]:
     """Every node that ``outputs`` depend on."""
-    seen: set[ir.Node] = set()
-    stack = [v.producer() for v in outputs if v.producer() is not None]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
-    return seen
+    return set(topological_nodes(outputs))
 
 
 def free_inputs(outputs: Sequence[ir.Value]) -> list[ir.Value]:
     """The leaves of ``outputs``' subgraph that are neither produced nor constant: the inputs it needs."""
-    found: dict[ir.Value, None] = {}
-    seen: set[ir.Node] = set()
-    stack = list(outputs)
-    while stack:
-        value = stack.pop()
-        producer = value.producer()
-        if producer is None:
-            if value.const_value is None:
-                found[value] = None
-        elif producer not in seen:
-            seen.add(producer)
-            stack.extend(v for v in producer.inputs if v is not None)
-    return list(found)
+    return [v for v in leaf_values(outputs, topological_nodes(outputs)) if v.const_value is None]
 
 
 def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *,

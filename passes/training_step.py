@@ -66,6 +66,18 @@ def _carry(e: Emitter, source: ir.Value, result: ir.Value, pairs: list, updated:
     pairs.append((source.name, result.name))
 
 
+def _initializer_to_input(graph: ir.Graph, name: str, initial: dict, what: str) -> ir.Value:
+    """Turn initializer ``name`` into a graph input, recording its value in ``initial``."""
+    value = graph.initializers.get(name)
+    if value is None:
+        raise ValueError(f"{what} {name!r} is not an initializer of the model")
+    initial[name] = np.array(value.const_value.numpy(), copy=True)
+    graph.initializers.pop(name)
+    value.const_value = None
+    graph.inputs.append(value)
+    return value
+
+
 def _state_input(graph: ir.Graph, name: str, like: ir.Value, shape: ir.Shape) -> ir.Value:
     value = ir.Value(name=name, shape=shape, type=ir.TensorType(like.dtype))
     graph.inputs.append(value)
@@ -142,16 +154,8 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     batch_inputs = [v.name for v in graph.inputs]
     extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
 
-    params, initial = [], {}
-    for name in trainable:
-        value = graph.initializers.get(name)
-        if value is None:
-            raise ValueError(f"trainable parameter {name!r} is not an initializer of the model")
-        initial[name] = np.array(value.const_value.numpy(), copy=True)
-        graph.initializers.pop(name)
-        value.const_value = None
-        graph.inputs.append(value)
-        params.append(value)
+    initial: dict[str, np.ndarray] = {}
+    params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in trainable]
 
     dtype = params[0].dtype if params else ir.DataType.FLOAT
     step = _scalar_input("step", ir.DataType.INT64)
@@ -178,14 +182,7 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     apply = _apply_flat if flat else _apply_per_parameter
     pairs, updated = apply(e, graph, scalars, optimizer, params, grads, initial)
     for name, output_name in state_updates.items():
-        value = graph.initializers.get(name)
-        if value is None:
-            raise ValueError(f"state {name!r} is not an initializer of the model")
-        initial[name] = np.array(value.const_value.numpy(), copy=True)
-        graph.initializers.pop(name)
-        value.const_value = None
-        graph.inputs.append(value)
-        _carry(e, value, outputs[output_name], pairs, updated)
+        _carry(e, _initializer_to_input(graph, name, initial, "state"), outputs[output_name], pairs, updated)
     updated.append(next_step)
     pairs.append(("step", next_step.name))
 

@@ -22,32 +22,9 @@ import onnx_ir as ir
 import passes.autodiff.rules  # noqa: F401  (registers every rule)
 from passes.autodiff.registry import VJP_RULES, MissingGradientError, VJPContext, is_float
 from passes.emitter import Emitter
+from passes.traversal import topological_nodes
 
 STOP_GRADIENT_KEY = "graphc.stop_gradient"
-
-
-def _nodes_leading_to(outputs: Sequence[ir.Value], stop: set[ir.Value]) -> list[ir.Node]:
-    """Producer nodes reachable backwards from ``outputs``, in topological order."""
-    order: list[ir.Node] = []
-    seen: set[ir.Node] = set()
-    for out in outputs:
-        if out in stop or out.producer() is None:
-            continue
-        stack = [(out.producer(), False)]
-        while stack:
-            node, expanded = stack.pop()
-            if expanded:
-                order.append(node)
-                continue
-            if node in seen:
-                continue
-            seen.add(node)
-            stack.append((node, True))
-            for value in node.inputs:
-                if value is not None and value not in stop and value.producer() is not None \
-                        and value.producer() not in seen:
-                    stack.append((value.producer(), False))
-    return order
 
 
 def _is_stop_gradient(node: ir.Node) -> bool:
@@ -84,7 +61,7 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
         if not is_float(w):
             raise TypeError(f"cannot differentiate with respect to {w.name!r} of dtype {w.dtype}")
     wrt_set = set(wrt)
-    nodes = _nodes_leading_to(outputs, stop=set())
+    nodes = topological_nodes(outputs)
     depends: set[ir.Value] = set(wrt_set)
     active: list[ir.Node] = []
     for node in nodes:

@@ -101,7 +101,11 @@ def scan_vjp(ctx: VJPContext):
     wanted_x = [j for j in range(n_scan_in) if ctx.needs(n_states + j)]
 
     # The backward body: the forward body (cloned) with new inputs, then its VJP.
-    bwd = body.clone()
+    try:
+        bwd = body.clone()
+    except ValueError as exc:  # the body reads values of the enclosing graph
+        raise NotImplementedError(f"Scan {node.name!r}: the VJP needs a self-contained body (pass outer values "
+                                  f"as loop-invariant states): {exc}") from exc
     f_in, f_out = list(bwd.inputs), list(bwd.outputs)
     d_state = [_typed_like(f"d_{f_in[i].name}", f_in[i]) for i in range(n_states)]
     d_y = [_typed_like(f"d_{f_out[n_states + k].name}", f_out[n_states + k]) for k in with_grad]
