@@ -1,0 +1,140 @@
+"""Benchmark: the tutorial LSTM classifier training step, graphc vs PyTorch eager.
+
+    python benchmarks/bench_lstm.py [--steps 300] [--seq static|symbolic] [--threads N]
+
+A 2-layer LSTM (hidden 128, batch_first) reads 28 rows of 28 features (an
+MNIST image row by row); its last time step feeds a Linear(128, 10);
+cross-entropy; Adam(lr=1e-3); batch 64. Prints the median step time of each
+(same process, same batch stream, taking turns every 10 steps) and their ratio. ``--seq symbolic`` builds
+the graphc model with a symbolic sequence length (the Scan lowering) instead
+of the unrolled one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import graphc as gc
+import graphc.nn.functional as F
+from graphc import nn
+
+BATCH, STEPS, FEATURES, HIDDEN, LAYERS, CLASSES = 64, 28, 28, 128, 2, 10
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(FEATURES, HIDDEN, num_layers=LAYERS, batch_first=True)
+        self.fc = nn.Linear(HIDDEN, CLASSES)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1, :])
+
+
+def build_graphc(seq: str, threads: int | None):
+    gc.manual_seed(0)
+    model = Classifier()
+    x = gc.input("x", shape=("batch", STEPS if seq == "static" else "seq", FEATURES))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    loss = F.cross_entropy(model(x), y)
+    start = time.perf_counter()
+    trainer = gc.Trainer(loss, gc.optim.Adam(model.parameters(), lr=1e-3), inputs=[x, y], threads=threads)
+    build_s = time.perf_counter() - start
+    nodes = len(trainer.step_model.graph.node)
+    return (lambda xb, yb: trainer.step({"x": xb, "y": yb})), build_s, nodes
+
+
+def build_torch():
+    import torch
+
+    torch.manual_seed(0)
+
+    class TorchClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(FEATURES, HIDDEN, num_layers=LAYERS, batch_first=True)
+            self.fc = torch.nn.Linear(HIDDEN, CLASSES)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1, :])
+
+    model = TorchClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(xb, yb):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(yb))
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def interleaved_ms(steps: dict, batches, warmup: int = 20, block: int = 10) -> tuple[dict, list]:
+    """Median ms per step of each runner, the runners taking turns every ``block`` batches.
+
+    Taking turns exposes both to the same machine load (other processes share
+    these 2 cores), so their ratio is meaningful even when absolute times drift.
+    Blocks rather than single steps: a runner's worker threads keep spinning a
+    little after it returns, which would slow the other's next step. Also
+    returns, per round, each runner's block median (for per-round ratios).
+    """
+    for xb, yb in batches[:warmup]:
+        for step in steps.values():
+            step(xb, yb)
+    times = {name: [] for name in steps}
+    rounds = []
+    for first in range(0, len(batches), block):
+        medians = {}
+        for name, step in steps.items():
+            block_times = []
+            for xb, yb in batches[first:first + block]:
+                start = time.perf_counter()
+                step(xb, yb)
+                block_times.append(time.perf_counter() - start)
+            times[name] += block_times
+            medians[name] = statistics.median(block_times)
+        rounds.append(medians)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, rounds
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seq", choices=["static", "symbolic"], default="static")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((BATCH, STEPS, FEATURES)).astype(np.float32),
+                rng.integers(0, CLASSES, BATCH).astype(np.int64)) for _ in range(args.steps)]
+    step, build_s, nodes = build_graphc(args.seq, args.threads)
+    steps = {"graphc": step}
+    try:
+        steps["torch"] = build_torch()
+    except ImportError:
+        pass
+    medians, rounds = interleaved_ms(steps, batches)
+    results = {"graphc_ms": medians["graphc"], "build_s": build_s, "nodes": nodes}
+    if "torch" in medians:
+        results["torch_ms"] = medians["torch"]
+        results["ratio"] = results["graphc_ms"] / results["torch_ms"]
+        results["round_ratio"] = statistics.median(r["graphc"] / r["torch"] for r in rounds)
+    print(f"LSTM {LAYERS}x{HIDDEN} over {STEPS}x{FEATURES}, batch {BATCH}, Adam, {args.seq} length, "
+          f"median of {args.steps} steps")
+    print(f"  graphc (ONNX Runtime CPU): {results['graphc_ms']:.2f} ms/step  "
+          f"(step graph: {nodes} nodes, built in {build_s:.1f} s)")
+    if "torch_ms" in results:
+        print(f"  PyTorch eager:             {results['torch_ms']:.2f} ms/step")
+        print(f"  ratio graphc / PyTorch:    {results['ratio']:.2f}  "
+              f"(median of per-round ratios: {results['round_ratio']:.2f})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
