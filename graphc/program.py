@@ -60,12 +60,23 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 class Program:
     """A compiled inference program: ``run`` feeds numpy arrays, ``save`` writes standard ONNX."""
 
-    def __init__(self, model: ir.Model, provider: str = "cpu"):
+    def __init__(self, model: ir.Model, provider: str = "cpu", rebuild=None):
+        self.provider = provider
+        self._rebuild = rebuild
+        self._set_model(model)
+
+    def _set_model(self, model: ir.Model) -> None:
         RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
         self.model: onnx.ModelProto = to_proto(model)
-        self.provider = provider
         self._session = None
         self._specs = None
+
+    def refresh(self) -> "Program":
+        """Take the parameters' current values (e.g. after training steps); the program is a snapshot until then."""
+        if self._rebuild is None:
+            raise GraphcError("this Program was not built by gc.compile and cannot be refreshed")
+        self._set_model(self._rebuild())
+        return self
 
     @property
     def session(self):
@@ -102,10 +113,16 @@ def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string
             allow_random: bool = False) -> Program:
     """Compile symbolic ``outputs`` (a dict name -> Tensor, or one Tensor) of ``inputs`` into a Program.
 
+    Parameters are baked in with their values at this moment; ``program.refresh()`` takes newer ones.
+
     >>> import graphc as gc, numpy as np
     >>> x = gc.input("x", ("batch", 2))
     >>> gc.compile([x], {"y": x * 2}).run({"x": np.ones((1, 2), np.float32)})["y"].tolist()
     [[2.0, 2.0]]
     """
-    model = build_model(list(inputs), outputs, doc_string or "graphc inference program", allow_random)
-    return Program(model, provider)
+    inputs = list(inputs)
+
+    def rebuild() -> ir.Model:
+        return build_model(inputs, outputs, doc_string or "graphc inference program", allow_random)
+
+    return Program(rebuild(), provider, rebuild)
