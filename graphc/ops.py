@@ -498,7 +498,7 @@ def concat(tensors, dim: int = 0) -> Tensor:
 def stack(tensors, dim: int = 0) -> Tensor:
     """``gc.stack([a, b], dim)``: join along a new dim (Unsqueeze + Concat)."""
     tensors = list(tensors)
-    return concat([unsqueeze(t, dim) for t in tensors], dim if dim >= 0 else dim)
+    return concat([unsqueeze(t, dim) for t in tensors], dim)
 
 
 def clip(x: Tensor, min=None, max=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
