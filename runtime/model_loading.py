@@ -18,7 +18,13 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
-from runtime.providers import capture_native_stderr, check_session_providers, clean_ort_message, resolve_providers
+from runtime.providers import (
+    announce_auto_choice,
+    capture_native_stderr,
+    check_session_providers,
+    clean_ort_message,
+    resolve_providers,
+)
 
 
 class ModelLoadError(Exception):
@@ -187,5 +193,6 @@ def make_session(path_or_proto, provider: str = "cpu") -> ort.InferenceSession:
     if error is not None:
         raise ModelLoadError(f"{name}: ONNX Runtime cannot load this model: {clean_ort_message(error)}") from None
     check_session_providers(session, provider, log.text)
+    announce_auto_choice(session, provider, log.text)
     return session
 

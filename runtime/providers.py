@@ -71,6 +71,20 @@ def check_session_providers(session, provider: str, native_log: str = "") -> Non
     )
 
 
+def announce_auto_choice(session, provider: str, native_log: str = "") -> str | None:
+    """For provider "auto", say on stderr which provider the session got (and why not CUDA); returns the line."""
+    if str(provider).lower() != "auto":
+        return None
+    if CUDA in session.get_providers():
+        line = "graphc: provider auto -> cuda (CUDAExecutionProvider)"
+    else:
+        reason = _cuda_failure_reason(native_log) if CUDA in ort.get_available_providers() else \
+            "this ONNX Runtime build has no CUDA provider"
+        line = f"graphc: provider auto -> cpu (CPUExecutionProvider){'; CUDA not used: ' + reason if reason else ''}"
+    print(line, file=sys.stderr)
+    return line
+
+
 def _cuda_failure_reason(native_log: str) -> str:
     """The most telling lines of ONNX Runtime's log, on one line, without colour codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", native_log or "")

@@ -25,7 +25,13 @@ import onnx
 import onnxruntime as ort
 
 from runtime.input_files import InputError, check_feeds, input_specs
-from runtime.providers import capture_native_stderr, check_session_providers, clean_ort_message, resolve_providers
+from runtime.providers import (
+    announce_auto_choice,
+    capture_native_stderr,
+    check_session_providers,
+    clean_ort_message,
+    resolve_providers,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,6 +53,7 @@ def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int |
     with capture_native_stderr() as log:
         session = ort.InferenceSession(data, session_options(threads), providers=providers)
     check_session_providers(session, provider, log.text)
+    announce_auto_choice(session, provider, log.text)
     return session
 
 

@@ -357,7 +357,7 @@ def test_auto_provider_runs(tmp_path, model_path, x, capsys):
     np.save(tmp_path / "x.npy", x)
     code, _, err = run_cli(capsys, "run", model_path, "-i", f"x={tmp_path / 'x.npy'}", "-o", tmp_path, "--provider", "auto")
     assert code == 0, err
-    assert err == ""
+    assert err.startswith("graphc: provider auto -> ") and err.count("\n") == 1  # one line: what it picked
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected(x), rtol=1e-5)
 
 

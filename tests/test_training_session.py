@@ -54,3 +54,26 @@ def test_bound_path_keeps_state_on_a_non_finite_loss_and_accepts_writes():
     assert all(not v.any() for v in model.state_dict().values())
     trainer.step(data[2])
     assert trainer.steps_done == 2
+
+
+def test_auto_provider_says_which_provider_it_picked(capsys):
+    x = gc.input("x", ("batch", 2))
+    program = gc.compile([x], {"y": x * 2.0}, provider="auto")
+    program.run({"x": np.ones((1, 2), np.float32)})
+    err = capsys.readouterr().err
+    assert "provider auto -> " in err
+    picked = "cuda" if "CUDAExecutionProvider" in program.session.get_providers() else "cpu"
+    assert f"auto -> {picked}" in err
+
+
+def test_zero_size_batches_give_empty_results_or_a_clear_error():
+    model, trainer = build(io_binding=False)
+    x = gc.input("x", ("batch", 6))
+    program = gc.compile([x], {"y": x * 2.0})
+    assert program.run({"x": np.zeros((0, 6), np.float32)})["y"].shape == (0, 6)
+    # An empty batch has no mean loss (0/0): the step is refused as non-finite and nothing changes.
+    before = model.state_dict()
+    with pytest.raises(gc.NonFiniteLossError):
+        trainer.step({"x": np.zeros((0, 6), np.float32), "y": np.zeros((0,), np.int64)})
+    for (name, a), b in zip(model.state_dict().items(), before.values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
