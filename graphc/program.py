@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -103,10 +104,20 @@ class Program:
     def __call__(self, **feeds) -> dict[str, np.ndarray]:
         return self.run(feeds)
 
-    def save(self, path) -> None:
-        """Write the model as a standard ``.onnx`` file (checked first)."""
+    def save(self, path, external_data: bool = False) -> None:
+        """Write the model as a standard ``.onnx`` file (checked first).
+
+        ``external_data`` puts the weights in ``<file name>.data`` next to the model (needed above
+        2 GB); the location is a bare file name, so nothing is written outside the model's folder.
+        """
         onnx.checker.check_model(self.model, full_check=True)
-        onnx.save_model(self.model, str(path))
+        if not external_data:
+            onnx.save_model(self.model, str(path))
+            return
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)  # save_model converts tensors to external references in place
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(str(path)) + ".data", size_threshold=1024)
 
 
 def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "",  # noqa: A001

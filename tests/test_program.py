@@ -35,3 +35,19 @@ def test_feed_errors_name_the_input():
         program.run({"x": np.ones((2, 4), np.float32)})
     with pytest.raises(ValueError, match="unknown input 'z'.*'x'"):
         program.run({"z": np.ones((2, 3), np.float32)})
+
+
+def test_save_with_external_data_stays_in_the_models_folder_and_loads(tmp_path):
+    gc.manual_seed(0)
+    x = gc.input("x", ("batch", 64))
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    program = gc.compile([x], {"logits": model(x)})
+    folder = tmp_path / "export"
+    folder.mkdir()
+    program.save(folder / "m.onnx", external_data=True)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["m.onnx", "m.onnx.data"]
+    assert (folder / "m.onnx").stat().st_size < 10_000  # the weights are outside the protobuf
+    from runtime.model_loading import make_session
+    xb = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    session = make_session(str(folder / "m.onnx"), "cpu")
+    np.testing.assert_allclose(session.run(None, {"x": xb})[0], program.run({"x": xb})["logits"], rtol=1e-6)
