@@ -105,6 +105,7 @@ def inference_ms(runs: int) -> dict:
     tmodel.eval()
     model = Classifier()
     model.load_state_dict(tmodel.state_dict())
+    model.eval()  # eval mode emits ONNX's own LSTM op
     x = gc.input("x", shape=("batch", STEPS, FEATURES))
     program = gc.compile([x], {"logits": model(x)})
     xb = np.random.default_rng(1).standard_normal((BATCH, STEPS, FEATURES)).astype(np.float32)

@@ -261,6 +261,55 @@ def _run_scan(mode: str, x: Tensor, state, w: LayerWeights, time_axis: int, reve
 
 
 # ---- the modules -----------------------------------------------------------------
+# ---- inference: ONNX's own recurrent ops -------------------------------------
+# ONNX's LSTM/GRU/RNN ops have no gradient, so training unrolls (or scans) the
+# recurrence; in eval mode the layer emits the fused op, which ONNX Runtime runs
+# about 1.5x faster than the unrolled graph (benchmarks/bench_lstm.py). The
+# weights are re-ordered in the graph (ONNX gate orders: LSTM i,o,f,c and GRU
+# z,r,h against PyTorch's i,f,g,o and r,z,n); as initializers of an inference
+# model, ONNX Runtime folds those Gathers away when the session is created.
+_ONNX_GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN_TANH": [0], "RNN_RELU": [0]}
+_ONNX_OP = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+
+def _onnx_gates(mode: str, w: Tensor, hidden: int) -> Tensor:
+    """PyTorch's gate blocks of ``w`` (G*H, ...) in ONNX's order, with a leading direction axis."""
+    rows = np.concatenate([np.arange(g * hidden, (g + 1) * hidden) for g in _ONNX_GATE_ORDER[mode]])
+    picked = emit("Gather", [w, _ints(rows)], {"axis": 0}, shape=w.shape, dtype=w.dtype)
+    return ops.unsqueeze(picked, 0)
+
+
+def _run_onnx_layer(mode: str, x: Tensor, states, weights: list[LayerWeights], hidden: int):
+    """One layer, both directions, as a single ONNX LSTM/GRU/RNN node. ``x`` is (T, B, I)."""
+    directions = len(weights)
+    w = ops.concat([_onnx_gates(mode, lw.w_ih, hidden) for lw in weights], 0)
+    r = ops.concat([_onnx_gates(mode, lw.w_hh, hidden) for lw in weights], 0)
+    b = None
+    if weights[0].b_ih is not None:
+        b = ops.concat([ops.concat([_onnx_gates(mode, lw.b_ih, hidden), _onnx_gates(mode, lw.b_hh, hidden)], 1)
+                        for lw in weights], 0)
+    initial = [None, None]
+    if states[0] is not None:
+        for k in range(len(states[0])):
+            initial[k] = ops.stack([state[k] for state in states], 0)
+    attrs = {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"}
+    if mode == "GRU":
+        attrs["linear_before_reset"] = 1  # PyTorch applies the reset gate after the recurrent product
+    if mode.startswith("RNN"):
+        attrs["activations"] = ["Tanh" if mode == "RNN_TANH" else "Relu"] * directions
+    steps, batch = x.shape[0], x.shape[1]
+    inputs = [x, w, r, b, None, initial[0]] + ([initial[1], None] if mode == "LSTM" else [])
+    while inputs[-1] is None:
+        inputs.pop()
+    state_shape = (directions, batch, hidden)
+    outs = emit(_ONNX_OP[mode], inputs, attrs, shape=(steps, directions, batch, hidden), dtype=x.dtype,
+                num_outputs=3 if mode == "LSTM" else 2,
+                extra_outputs=[(state_shape, x.dtype)] * (2 if mode == "LSTM" else 1))
+    y = ops.permute(outs[0], 0, 2, 1, 3)  # (T, B, D, H)
+    y = _reshape(y, [0, 0, directions * hidden], (steps, batch, _mul_dims(directions, hidden)))
+    return y, list(outs[1:])
+
+
 class RNNBase(Module):
     """What ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` share: parameters, checks and the layer loop.
 
@@ -394,6 +443,8 @@ class RNNBase(Module):
         if isinstance(steps, int) and steps == 0:
             raise shape_error(op, f"the sequence is empty: input {ops.fmt(input.shape)}")
         states = self._states(op, hx, x, x.shape[1 - time_axis], unbatched)
+        if not self.training and not self.proj_size:
+            return self._forward_fused(x, time_axis, states, weights, unbatched)
         run = _run_unrolled if isinstance(steps, int) else _run_scan
 
         finals = []
@@ -414,6 +465,23 @@ class RNNBase(Module):
         results = []
         for k in range(len(finals[0])):
             stacked = ops.stack([f[k] for f in finals], 0)
+            results.append(ops.squeeze(stacked, 1) if unbatched else stacked)
+        return output, (tuple(results) if self.mode == "LSTM" else results[0])
+
+    def _forward_fused(self, x: Tensor, time_axis: int, states, weights: list[LayerWeights], unbatched: bool):
+        """Eval mode: each layer as one ONNX recurrent op (no gradient rule: build training graphs in train mode)."""
+        layer_input = ops.permute(x, 1, 0, 2) if time_axis == 1 else x  # ONNX wants (T, B, I)
+        finals: list[list[Tensor]] = []
+        for layer in range(self.num_layers):
+            picked = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+            layer_input, layer_finals = _run_onnx_layer(self.mode, layer_input, states[picked], weights[picked],
+                                                        self.hidden_size)
+            finals.append(layer_finals)
+        output = ops.permute(layer_input, 1, 0, 2) if time_axis == 1 else layer_input
+        output = ops.squeeze(output, 1) if unbatched else output
+        results = []
+        for k in range(len(finals[0])):
+            stacked = finals[0][k] if len(finals) == 1 else ops.concat([f[k] for f in finals], 0)
             results.append(ops.squeeze(stacked, 1) if unbatched else stacked)
         return output, (tuple(results) if self.mode == "LSTM" else results[0])
 
