@@ -48,7 +48,8 @@ def rng_key():
 
 def key_for_step(seed: int, step: int) -> np.ndarray:
     """The ``rng_key`` fed at training step ``step`` (0-based) of a Trainer seeded with ``seed``."""
-    return np.asarray(((seed & 0xFFFFFFFF) << 32) | (step & 0xFFFFFFFF), dtype=np.int64)
+    key = ((int(seed) & 0xFFFFFFFF) << 32) | (int(step) & 0xFFFFFFFF)  # any int seed; 64 bits, two's complement
+    return np.asarray(key - (1 << 64) if key >= 1 << 63 else key, dtype=np.int64)
 
 
 def uniform_like(x):

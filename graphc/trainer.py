@@ -10,6 +10,7 @@ current without a per-step copy.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -121,6 +122,7 @@ class Trainer:
             feeds[RNG_KEY] = key_for_step(self.seed, self.steps_done)
         results = self.session.run(feeds)
         loss = results.pop("loss")
+        results.pop("grad_sum", None)  # the runtime's finiteness check, not a user metric
         self.last_metrics = results
         return float(loss)
 
@@ -153,10 +155,12 @@ class Trainer:
                        dynamic_ncols=True)
             for batch in bar:
                 feeds = batch if isinstance(batch, dict) else dict(zip(self.input_names, batch))
-                total += self.step(feeds)
-                count += 1
-                if count % 10 == 0:
-                    bar.set_postfix(loss=f"{total / count:.4f}")
+                loss = self.step(feeds)
+                if math.isfinite(loss):  # a skipped non-finite step (nan_policy="skip") is not averaged in
+                    total += loss
+                    count += 1
+                    if count % 10 == 0:
+                        bar.set_postfix(loss=f"{total / count:.4f}")
             record = {"epoch": epoch, "loss": total / max(count, 1)}
             if validate is not None:
                 record.update(validate())
@@ -226,6 +230,7 @@ class Trainer:
         for name, array in arrays.items():
             self.session.write(name, array)
         self.optimizer.lr = metadata.get("lr", self.optimizer.lr)
+        self.seed = int(metadata.get("seed", self.seed))  # dropout masks continue the saved stream
         self.session.skipped_steps = int(metadata.get("skipped_steps", 0))
 
     # ---- export -----------------------------------------------------------

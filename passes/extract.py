@@ -51,6 +51,23 @@ def free_inputs(outputs: Sequence[ir.Value]) -> list[ir.Value]:
     return [v for v in leaf_values(outputs, topological_nodes(outputs)) if v.const_value is None]
 
 
+def _unique_initializer_names(input_names: list[str], initializers: list[ir.Value]) -> None:
+    """Give initializers that share a name (two unnamed-path modules both have ``weight``) unique names.
+
+    Cloning needs unique names; the originals are renamed (``weight``, ``weight_1``, ...), which only
+    affects graph names: modules name their ``state_dict`` by path, and trainers find parameters by identity.
+    """
+    taken = set(input_names)
+    for value in initializers:
+        base = value.name or "param"
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        value.name = name
+        taken.add(name)
+
+
 def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *,
                   doc_string: str = "", graph_name: str = "graphc",
                   refresh: Callable[[ir.Value], None] | None = None) -> ir.Model:
@@ -74,6 +91,7 @@ def extract_model(inputs: Sequence[ir.Value], outputs: Mapping[str, ir.Value], *
             value = copy
         out_values.append(value)
     nodes, initializers = _collect(out_values, set(inputs))
+    _unique_initializer_names(names, initializers)
     if refresh is not None:
         for value in initializers:
             refresh(value)

@@ -7,7 +7,8 @@ parameters are initializers. Output: a model whose
   state slot (``<param>.<slot>``), ``step`` (int64 scalar, steps done so far)
   and ``lr`` (float scalar, so schedules need no rebuild);
 - outputs are ``loss``, any extra forward outputs (metrics), optional
-  ``grad_norm``, then ``<name>.updated`` for every parameter, slot and ``step``.
+  ``grad_norm``, ``grad_sum`` (non-finite when any gradient is), then
+  ``<name>.updated`` for every parameter, slot and ``step``.
 
 ``state_pairs`` says which output feeds which input at the next step; the same
 list is stored in the model's ``graphc.state_pairs`` metadata so a saved
@@ -33,6 +34,7 @@ from passes.emitter import Emitter
 from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
 
 UPDATED = ".updated"
+GRAD_SUM = "grad_sum"  # an output: the sum of all gradients, non-finite when any gradient is
 
 
 @dataclass
@@ -166,13 +168,22 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     initial["lr"] = np.asarray(hp["lr"], dtype=dtype.numpy())
 
     e = Emitter("train")
-    grads, _ = vjp([loss_value], params, emitter=e)
+    all_grads, _ = vjp([loss_value], params, emitter=e, unreachable="none")
+    # As torch.optim, parameters the loss does not reach (detached, unused) are not updated at all.
+    frozen = [p for p, g in zip(params, all_grads) if g is None]
+    params, grads = [p for p in params if p not in frozen], [g for g in all_grads if g is not None]
     new_outputs: list[ir.Value] = [loss_value] + [outputs[n] for n in extra_outputs]
-    if max_grad_norm is not None:
+    if max_grad_norm is not None and grads:
         grads, norm = _global_norm_clip(e, grads, max_grad_norm, dtype)
         norm.name = "grad_norm"
         norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
         new_outputs.append(norm)
+    if grads:  # NaN/Inf in any gradient makes this sum non-finite: the runtime then refuses the step
+        sums = [e.op("ReduceSum", [g], {"keepdims": 0}) for g in grads]
+        grad_sum = sums[0] if len(sums) == 1 else e.op("Sum", sums)
+        grad_sum.name = GRAD_SUM
+        grad_sum.type, grad_sum.shape = ir.TensorType(dtype), ir.Shape([])
+        new_outputs.append(grad_sum)
 
     next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
     next_step.name = "step" + UPDATED
@@ -181,6 +192,8 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
     apply = _apply_flat if flat else _apply_per_parameter
     pairs, updated = apply(e, graph, scalars, optimizer, params, grads, initial)
+    for param in frozen:
+        _carry(e, param, param, pairs, updated)
     for name, output_name in state_updates.items():
         _carry(e, _initializer_to_input(graph, name, initial, "state"), outputs[output_name], pairs, updated)
     updated.append(next_step)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from runtime.input_files import InputError, check_feeds, input_specs
+from runtime.input_files import check_feeds, input_specs
 from runtime.providers import (
     announce_auto_choice,
     capture_native_stderr,
@@ -32,6 +32,9 @@ from runtime.providers import (
     clean_ort_message,
     resolve_providers,
 )
+
+
+GRAD_SUM = "grad_sum"  # the training step's output that is non-finite when any gradient is
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,7 +68,8 @@ class _FastFeedCheck:
         self.expected = [(s.name, s.dtype, s.shape) for s in specs]
         self.names = {s.name for s in specs}
 
-    def __call__(self, feeds: dict) -> None:
+    def __call__(self, feeds: dict) -> dict:
+        """The feeds to run with: as given when they fit exactly, else converted by ``check_feeds``."""
         ok = len(feeds) == len(self.expected)
         dims: dict[str, int] = {}
         if ok:
@@ -80,9 +84,11 @@ class _FastFeedCheck:
                             ok = False
                     elif want is not None and dims.setdefault(want, got) != got:
                         ok = False
-        if not ok:
-            check_feeds(self.specs, {k: v for k, v in feeds.items()})  # raises with the precise message
-            raise InputError(f"bad feeds; expected inputs {sorted(self.names)}, got {sorted(feeds)}")
+        if ok:
+            return feeds
+        # Lists, memmaps and other array-likes land here too: check_feeds converts them, or raises with
+        # the precise message (name, expected and given).
+        return {k: np.ascontiguousarray(v) for k, v in check_feeds(self.specs, dict(feeds)).items()}
 
 
 class TrainingSession:
@@ -123,7 +129,7 @@ class TrainingSession:
     # ---- one step -----------------------------------------------------
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One training step; returns the loss and other non-state outputs (host numpy arrays)."""
-        self._check(batch)
+        batch = self._check(batch)
         if self.io_binding:
             return self._run_bound(batch)
         outputs = self.session.run(self.output_names, {**batch, **self._extra_inputs, **self.state})
@@ -135,15 +141,18 @@ class TrainingSession:
         return {n: results[n] for n in self._result_names}
 
     def _finite(self, results) -> bool:
+        """Whether the step may be adopted: a finite loss and finite gradients (their sum, ``grad_sum``)."""
         loss = float(results[self.output_names[0]])
-        if math.isfinite(loss):
+        grad_sum = float(results[GRAD_SUM]) if GRAD_SUM in results else 0.0
+        if math.isfinite(loss) and math.isfinite(grad_sum):
             return True
-        step = self.steps
         if self.nan_policy == "skip":
             self.skipped_steps += 1
             return False
+        what = f"the loss is {loss}" if not math.isfinite(loss) else \
+            f"the loss is finite ({loss}) but a gradient is not (their sum is {grad_sum})"
         raise NonFiniteLossError(
-            f"the loss is {loss} at step {step + 1}; the update was not applied, parameters and optimizer "
+            f"{what} at step {self.steps + 1}; the update was not applied, parameters and optimizer "
             f"state keep their values from before this step (use nan_policy='skip' to skip such steps)")
 
     # ---- state access (parameters read back on demand) ------------------
@@ -204,7 +213,7 @@ class TrainingSession:
             raise RuntimeError(f"training step failed on {self.device}: {clean_ort_message(exc)}") from None
         outputs = binding.get_outputs()  # results were bound first, in order
         results = {name: outputs[i].numpy() for i, name in enumerate(self._result_names)}
-        if self._finite({self.output_names[0]: results[self.output_names[0]]}):
+        if self._finite(results):
             self._active ^= 1  # the step's outputs become the state; the old buffer is overwritten next step
             self.steps += 1
         return results

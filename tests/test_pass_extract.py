@@ -54,3 +54,16 @@ def test_common_subexpressions_are_merged():
     assert ops.count("Exp") == 1 and ops.count("Mul") == 1
     out = gc.compile([x], {"s": a + b}).run({"x": np.arange(4, dtype=np.float32)})["s"]
     np.testing.assert_allclose(out, 2 * np.exp(2 * np.arange(4, dtype=np.float32)), rtol=1e-6)
+
+
+def test_modules_without_a_parent_get_unique_parameter_names():
+    gc.manual_seed(0)
+    x = gc.input("x", ("batch", 2))
+    first, second = nn.Linear(2, 2), nn.Linear(2, 1)  # both name their parameters weight and bias
+    program = gc.compile([x], {"y": second(first(x))})
+    names = sorted(t.name for t in program.model.graph.initializer)
+    assert len(set(names)) == 4 and {"weight", "bias"} <= set(names)
+    xb = np.ones((1, 2), np.float32)
+    hidden = xb @ first.weight.data.T + first.bias.data
+    np.testing.assert_allclose(program.run({"x": xb})["y"], hidden @ second.weight.data.T + second.bias.data,
+                               rtol=1e-6)

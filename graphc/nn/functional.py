@@ -140,6 +140,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         if target.shape != input.shape:
             raise shape_error("cross_entropy", f"a probability target must match the input's shape "
                                                f"{ops.fmt(input.shape)}, got {ops.fmt(target.shape)}")
+        if label_smoothing:  # PyTorch mixes the target with the uniform distribution
+            classes = input.shape[1]
+            target = ops.add(ops.mul(target, 1.0 - label_smoothing), float(label_smoothing) / classes)
         terms = logp * target if weight is None else logp * target * _class_axis(weight, input.ndim)
         return _reduce(ops.neg(ops.reduce("ReduceSum", terms, 1)), reduction)
     nll = nll_loss(logp, target, weight, ignore_index, reduction)
@@ -193,13 +196,24 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return _reduce(ops.absolute(ops.sub(input, target)), reduction)
 
 
+def _clamped_log(p: Tensor) -> Tensor:
+    """log(p) clamped at -100 as PyTorch's BCE does, with finite gradients even at p = 0.
+
+    ``Clip(Log(p))`` would give 0 * inf = NaN in the backward pass at p = 0; taking the log of
+    max(p, tiny) and selecting -100 where p <= 0 keeps every gradient finite.
+    """
+    tiny = float(np.finfo(p.dtype).tiny)
+    log = ops.clip(ops.unary("Log", ops.clip(p, min=tiny)), min=-100.0)
+    return ops.where(ops.compare("Greater", p, 0.0), log, -100.0)
+
+
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
     """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch does."""
     _check_reduction("binary_cross_entropy", reduction)
     _same_shape("binary_cross_entropy", input, target)
-    log_p = ops.clip(ops.unary("Log", input), min=-100.0)
-    log_q = ops.clip(ops.unary("Log", ops.sub(1.0, input)), min=-100.0)
+    log_p = _clamped_log(input)
+    log_q = _clamped_log(ops.sub(1.0, input))
     loss = ops.neg(ops.add(ops.mul(target, log_p), ops.mul(ops.sub(1.0, target), log_q)))
     if weight is not None:
         loss = ops.mul(loss, weight)

@@ -147,6 +147,10 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         return emit("BatchNormalization", [x, ones, zeros, running_mean, running_var], {"epsilon": eps},
                     shape=x.shape, dtype=x.dtype)
     axes = (0,) + tuple(range(2, x.ndim))
+    dims = [x.shape[a] for a in axes]
+    if all(isinstance(d, int) for d in dims) and int(np.prod(dims)) == 1:
+        raise shape_error("batch_norm", f"expected more than 1 value per channel when training, got input "
+                                        f"{ops.fmt(x.shape)} (as PyTorch)")
     mean = ops.reduce("ReduceMean", x, axes, keepdim=True)
     centered = ops.sub(x, mean)
     var = ops.reduce("ReduceMean", ops.mul(centered, centered), axes, keepdim=True)

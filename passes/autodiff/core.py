@@ -49,12 +49,13 @@ def _zeros_like(emitter: Emitter, value: ir.Value) -> ir.Value:
 
 def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
         seeds: Sequence[ir.Value | None] | None = None,
-        emitter: Emitter | None = None) -> tuple[list[ir.Value], Emitter]:
+        emitter: Emitter | None = None, unreachable: str = "zeros") -> tuple[list[ir.Value | None], Emitter]:
     """Cotangents of ``wrt`` for ``sum(seed_i * outputs_i)``.
 
     ``seeds`` default to ones shaped like each output. Returns one value per
-    ``wrt`` entry (zeros when an entry does not influence the outputs) and the
-    emitter holding the new nodes in topological order.
+    ``wrt`` entry and the emitter holding the new nodes in topological order.
+    An entry that does not influence the outputs gets zeros (``unreachable="zeros"``,
+    as JAX) or ``None`` (``"none"``, as PyTorch's ``.grad``: optimizers skip it).
     """
     emitter = emitter or Emitter("grad")
     for w in wrt:
@@ -94,6 +95,9 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
 
     results = []
     for w in wrt:
+        if w not in contributions and unreachable == "none":
+            results.append(None)
+            continue
         grad = _sum(emitter, contributions[w]) if w in contributions else _zeros_like(emitter, w)
         grad.type = ir.TensorType(w.dtype)
         grad.shape = ir.Shape(list(w.shape)) if w.shape is not None else None

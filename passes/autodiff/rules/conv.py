@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.autodiff.helpers import static_dims
+from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
 
 
@@ -105,6 +105,8 @@ def max_pool_vjp(ctx: VJPContext):
     overlapping windows that pick the same element add their cotangents.
     """
     x = ctx.inputs[0]
+    if ctx.attr("storage_order", 0):
+        raise NotImplementedError("the gradient of MaxPool with storage_order=1 (column-major indices)")
     if len(ctx.outputs) > 1:
         indices = ctx.outputs[1]
     else:  # an imported model whose MaxPool dropped Indices: pool again, with indices
@@ -112,7 +114,7 @@ def max_pool_vjp(ctx: VJPContext):
         indices = ctx.op("MaxPool", [x], attrs, num_outputs=2)[1]
     flat_g = ctx.op("Reshape", [ctx.g, ctx.e.ints([-1])])
     flat_i = ctx.op("Reshape", [indices, ctx.e.ints([-1])])
-    zero = ctx.op("Reshape", [ctx.op("Mul", [x, ctx.const(0, x)]), ctx.e.ints([-1])])
+    zero = ctx.op("Reshape", [zeros_like(ctx, x), ctx.e.ints([-1])])  # not x * 0: inf * 0 is NaN
     dx = ctx.op("ScatterElements", [zero, flat_i, flat_g], {"axis": 0, "reduction": "add"})
     return [ctx.op("Reshape", [dx, ctx.op("Shape", [x])])]
 
@@ -145,6 +147,9 @@ def average_pool_vjp(ctx: VJPContext):
     strides = _spatial(ctx, "strides", [1, 1])
     pads = _spatial(ctx, "pads", [0, 0, 0, 0])
     include = ctx.attr("count_include_pad", 0)
+    if any(d != 1 for d in _spatial(ctx, "dilations", [1, 1])) or \
+            ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise NotImplementedError("the gradient of AveragePool with dilations or auto_pad is not implemented")
     x_hw = _static_hw(ctx, x, "AveragePool")
     out_hw = _static_hw(ctx, ctx.outputs[0], "AveragePool")
     rows = _avg_divisors(x_hw[0], out_hw[0], kernel[0], strides[0], pads[0], include)
