@@ -44,26 +44,41 @@ class OptimizerConfig:
 
 
 class StepScalars:
-    """Per-step scalars shared by all parameters: t (steps including this one, float), lr, cached derived values."""
+    """Per-step scalars shared by all parameters, computed in float64 as torch.optim does in Python.
+
+    ``lr`` comes in as a float64 input and ``t`` (steps including this one) is cast to float64; derived
+    scalars (bias corrections, decayed learning rates) are computed in float64 and cast once to the
+    parameters' dtype, so float32 (and float16) updates see the same scalars PyTorch's do.
+    """
 
     def __init__(self, e: Emitter, steps_after: ir.Value, lr: ir.Value, dtype: ir.DataType):
         self.e = e
         self.dtype = dtype
-        self.lr = lr
-        self.t = e.op("Cast", [steps_after], {"to": dtype})
+        self.lr64 = lr
+        self.t64 = e.op("Cast", [steps_after], {"to": ir.DataType.DOUBLE})
         self._cache: dict[str, ir.Value] = {}
 
     def c(self, value: float) -> ir.Value:
+        """A constant of the parameters' dtype."""
         return self.e.const(np.asarray(value, dtype=self.dtype.numpy()))
 
-    def cached(self, key: str, build: Callable[[], ir.Value]) -> ir.Value:
+    def d(self, value: float) -> ir.Value:
+        """A float64 constant, for scalar arithmetic."""
+        return self.e.const(np.asarray(value, dtype=np.float64))
+
+    def scalar(self, key: str, build64: Callable[[], ir.Value]) -> ir.Value:
+        """A per-step scalar computed in float64 by ``build64`` and cast to the parameters' dtype, once."""
         if key not in self._cache:
-            self._cache[key] = build()
+            self._cache[key] = self.e.op("Cast", [build64()], {"to": self.dtype})
         return self._cache[key]
 
+    @property
+    def lr(self) -> ir.Value:
+        return self.scalar("lr", lambda: self.lr64)
+
     def one_minus_pow(self, base: float) -> ir.Value:
-        """1 - base ** t (Adam's bias corrections)."""
-        return self.cached(f"1-{base}^t", lambda: self.e.op("Sub", [self.c(1.0), self.e.op("Pow", [self.c(base), self.t])]))
+        """1 - base ** t in float64 (Adam's bias corrections)."""
+        return self.e.op("Sub", [self.d(1.0), self.e.op("Pow", [self.d(base), self.t64])])
 
 
 Update = tuple[ir.Value, dict[str, ir.Value]]
@@ -92,7 +107,7 @@ def sgd_update(e: Emitter, s: StepScalars, p, g, state, hp) -> Update:
         buf = state["momentum_buffer"]
         if hp["dampening"]:
             blended = _axpy(e, s, mu, buf, 1.0 - hp["dampening"], g)
-            first = e.op("Equal", [s.t, s.c(1.0)])
+            first = e.op("Equal", [s.t64, s.d(1.0)])
             buf = e.op("Where", [first, g, blended])
         else:  # buf starts at zero, so mu * 0 + g is already torch's first-step value
             buf = e.op("Add", [e.op("Mul", [buf, s.c(mu)]), g])
@@ -115,7 +130,7 @@ def adam_update(e: Emitter, s: StepScalars, p, g, state, hp, decoupled: bool = F
     b1, b2 = hp["betas"]
     wd = hp["weight_decay"]
     if decoupled and wd:
-        p = e.op("Mul", [p, s.cached("1-lr*wd", lambda: e.op("Sub", [s.c(1.0), e.op("Mul", [s.lr, s.c(wd)])]))])
+        p = e.op("Mul", [p, s.scalar("1-lr*wd", lambda: e.op("Sub", [s.d(1.0), e.op("Mul", [s.lr64, s.d(wd)])]))])
     elif not decoupled:
         g = _with_weight_decay(e, s, p, g, wd)
     m = _axpy(e, s, b1, state["exp_avg"], 1.0 - b1, g)
@@ -124,8 +139,8 @@ def adam_update(e: Emitter, s: StepScalars, p, g, state, hp, decoupled: bool = F
     if hp["amsgrad"]:
         v = e.op("Max", [state["max_exp_avg_sq"], v])
         new_state["max_exp_avg_sq"] = v
-    step_size = s.cached(f"lr/(1-{b1}^t)", lambda: e.op("Div", [s.lr, s.one_minus_pow(b1)]))
-    bc2_sqrt = s.cached(f"sqrt(1-{b2}^t)", lambda: e.op("Sqrt", [s.one_minus_pow(b2)]))
+    step_size = s.scalar(f"lr/(1-{b1}^t)", lambda: e.op("Div", [s.lr64, s.one_minus_pow(b1)]))
+    bc2_sqrt = s.scalar(f"sqrt(1-{b2}^t)", lambda: e.op("Sqrt", [s.one_minus_pow(b2)]))
     denom = e.op("Add", [e.op("Div", [e.op("Sqrt", [v]), bc2_sqrt]), s.c(hp["eps"])])
     return e.op("Sub", [p, e.op("Mul", [e.op("Div", [m, denom]), step_size])]), new_state
 
@@ -171,8 +186,8 @@ def adagrad_update(e: Emitter, s: StepScalars, p, g, state, hp) -> Update:
     g = _with_weight_decay(e, s, p, g, hp["weight_decay"])
     clr = s.lr
     if hp["lr_decay"]:
-        clr = s.cached("adagrad_clr", lambda: e.op("Div", [s.lr, e.op("Add", [
-            s.c(1.0), e.op("Mul", [e.op("Sub", [s.t, s.c(1.0)]), s.c(hp["lr_decay"])])])]))
+        clr = s.scalar("adagrad_clr", lambda: e.op("Div", [s.lr64, e.op("Add", [
+            s.d(1.0), e.op("Mul", [e.op("Sub", [s.t64, s.d(1.0)]), s.d(hp["lr_decay"])])])]))
     total = e.op("Add", [state["sum"], e.op("Mul", [g, g])])
     std = e.op("Add", [e.op("Sqrt", [total]), s.c(hp["eps"])])
     return e.op("Sub", [p, e.op("Mul", [e.op("Div", [g, std]), clr])]), {"sum": total}

@@ -161,11 +161,11 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
 
     dtype = params[0].dtype if params else ir.DataType.FLOAT
     step = _scalar_input("step", ir.DataType.INT64)
-    lr = _scalar_input("lr", dtype)
+    lr = _scalar_input("lr", ir.DataType.DOUBLE)  # float64, as torch.optim's Python scalars
     graph.inputs.extend([step, lr])
     hp = optimizer.hparams
     initial["step"] = np.asarray(0, dtype=np.int64)
-    initial["lr"] = np.asarray(hp["lr"], dtype=dtype.numpy())
+    initial["lr"] = np.asarray(hp["lr"], dtype=np.float64)
 
     e = Emitter("train")
     all_grads, _ = vjp([loss_value], params, emitter=e, unreachable="none")
