@@ -96,7 +96,6 @@ class Trainer:
                                        io_binding)
         self.metric_names = step.extra_outputs + (["grad_norm"] if max_grad_norm is not None else [])
         self.last_metrics: dict[str, np.ndarray] = {}
-        self._params = names
         self._loader = None
         live = _LiveParameters(self.session, {**names, **state_names})
         for param in [*optimizer.params, *(u.buffer for u in updates)]:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 import passes.autodiff.rules  # noqa: F401  (registers every rule)
+from passes.autodiff.helpers import zeros_of
 from passes.autodiff.registry import VJP_RULES, MissingGradientError, VJPContext, is_float
 from passes.emitter import Emitter
 from passes.traversal import topological_nodes
@@ -40,11 +41,6 @@ def _ones_like(emitter: Emitter, value: ir.Value) -> ir.Value:
         return emitter.const(np.ones(tuple(value.shape), dtype=value.dtype.numpy()))
     one = ir.Tensor(np.ones((1,), dtype=value.dtype.numpy()))
     return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": one})
-
-
-def _zeros_like(emitter: Emitter, value: ir.Value) -> ir.Value:
-    zero = ir.Tensor(np.zeros((1,), dtype=value.dtype.numpy()))
-    return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": zero})
 
 
 def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
@@ -98,7 +94,7 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
         if w not in contributions and unreachable == "none":
             results.append(None)
             continue
-        grad = _sum(emitter, contributions[w]) if w in contributions else _zeros_like(emitter, w)
+        grad = _sum(emitter, contributions[w]) if w in contributions else zeros_of(emitter, w)
         grad.type = ir.TensorType(w.dtype)
         grad.shape = ir.Shape(list(w.shape)) if w.shape is not None else None
         results.append(grad)

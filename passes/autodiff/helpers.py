@@ -39,14 +39,23 @@ def unbroadcast(ctx: VJPContext, grad: ir.Value, target: ir.Value, out: ir.Value
     return summed
 
 
-def mul(ctx: VJPContext, a: ir.Value, b: ir.Value) -> ir.Value:
-    return ctx.op("Mul", [a, b])
+def shape_of(ctx: VJPContext, value: ir.Value) -> ir.Value:
+    """``value``'s shape as an int64 tensor: a constant when static, else ``Shape``."""
+    dims = static_dims(value)
+    if dims is not None and all(isinstance(d, int) for d in dims):
+        return ctx.e.ints(dims)
+    return ctx.op("Shape", [value])
 
 
 def zeros_like(ctx: VJPContext, value: ir.Value) -> ir.Value:
     """A tensor of zeros shaped like ``value`` (dynamic shape, static dtype)."""
+    return zeros_of(ctx.e, value)
+
+
+def zeros_of(emitter, value: ir.Value) -> ir.Value:
+    """``zeros_like`` for callers with only an emitter (the autodiff walker)."""
     zero = ir.Tensor(np.zeros((1,), dtype=value.dtype.numpy()))
-    return ctx.op("ConstantOfShape", [ctx.op("Shape", [value])], {"value": zero})
+    return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": zero})
 
 
 def normalize_axes(axes, rank: int) -> list[int]:

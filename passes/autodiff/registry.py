@@ -67,9 +67,6 @@ class VJPContext:
         attribute = self.node.attributes.get(name)
         return default if attribute is None else attribute.value
 
-    def dtype(self, index: int = 0) -> ir.DataType:
-        return self.inputs[index].dtype
-
     def const(self, value: Any, like: ir.Value) -> ir.Value:
         """A scalar constant with the dtype of ``like``."""
         return self.e.const(np.asarray(value, dtype=like.dtype.numpy()))

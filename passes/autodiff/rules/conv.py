@@ -183,11 +183,3 @@ def batch_norm_inference_vjp(ctx: VJPContext):
     if ctx.needs(2):
         db = ctx.op("ReduceSum", [ctx.g, axes], {"keepdims": 0})
     return [dx, dscale, db, None, None]
-
-
-@register_vjp("Erf")
-def erf_vjp(ctx: VJPContext):
-    """Erf(x) -> y;  dx = g * 2 / sqrt(pi) * exp(-x^2)."""
-    x = ctx.inputs[0]
-    slope = ctx.op("Mul", [ctx.op("Exp", [ctx.op("Neg", [ctx.op("Mul", [x, x])])]), ctx.const(2 / np.sqrt(np.pi), x)])
-    return [ctx.op("Mul", [ctx.g, slope])]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from passes.autodiff.helpers import unbroadcast
 from passes.autodiff.registry import VJPContext, register_vjp
 
@@ -171,3 +173,11 @@ def cast_vjp(ctx: VJPContext):
 def sum_vjp(ctx: VJPContext):
     """Sum(x1, ..., xn) -> y;  dxi = unbroadcast(g)."""
     return [unbroadcast(ctx, ctx.g, v) if ctx.needs(i) else None for i, v in enumerate(ctx.inputs)]
+
+
+@register_vjp("Erf")
+def erf_vjp(ctx: VJPContext):
+    """Erf(x) -> y;  dx = g * 2 / sqrt(pi) * exp(-x^2)."""
+    x = ctx.inputs[0]
+    slope = ctx.op("Mul", [ctx.op("Exp", [ctx.op("Neg", [ctx.op("Mul", [x, x])])]), ctx.const(2 / np.sqrt(np.pi), x)])
+    return [ctx.op("Mul", [ctx.g, slope])]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from passes.autodiff.helpers import reduction_axes, restore_reduced, static_dims
+from passes.autodiff.helpers import shape_of as _shape_of
 from passes.autodiff.registry import VJPContext, register_vjp
-from passes.autodiff.rules.shape import _shape_of
 
 
 @register_vjp("ReduceSum")

@@ -1,10 +1,4 @@
-"""VJP rules the recurrent layers need: ``Scan`` (symbolic sequence lengths) and ``Split``.
-
-``Split`` is a data-movement op and belongs with ``shape.py``; it lives here
-because the recurrent lowering is its first user (unrolled steps read their
-slice of the input projection through one Split, whose VJP is one Concat,
-where per-step Slices would each pad a full-size cotangent).
-"""
+"""The VJP rule of ``Scan``, which the recurrent layers emit for symbolic sequence lengths."""
 
 from __future__ import annotations
 
@@ -13,18 +7,7 @@ import itertools
 import onnx_ir as ir
 
 from passes.autodiff.helpers import zeros_like
-from passes.autodiff.registry import VJP_RULES, VJPContext, is_float, register_vjp
-
-
-def split_vjp(ctx: VJPContext):
-    """Split(x, split?; axis, num_outputs?) -> y1..yn;  dx = Concat(g1..gn; axis), zeros for unused pieces."""
-    pieces = [g if g is not None else zeros_like(ctx, y) for g, y in zip(ctx.out_grads, ctx.outputs)]
-    dx = pieces[0] if len(pieces) == 1 else ctx.op("Concat", pieces, {"axis": ctx.attr("axis", 0)})
-    return [dx] + [None] * (len(ctx.inputs) - 1)
-
-
-if "Split" not in VJP_RULES:  # a shape.py rule, if one is added there, takes precedence
-    register_vjp("Split")(split_vjp)
+from passes.autodiff.registry import VJPContext, is_float, register_vjp
 
 
 _body_counter = itertools.count(1)

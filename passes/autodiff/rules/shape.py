@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from passes.autodiff.helpers import shape_of as _shape_of
 from passes.autodiff.helpers import static_dims, unbroadcast, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
 
 INT64_MAX = np.iinfo(np.int64).max
-
-
-def _shape_of(ctx: VJPContext, value):
-    """``value``'s shape as an int64 tensor: a constant when static, else ``Shape``."""
-    dims = static_dims(value)
-    if dims is not None and all(isinstance(d, int) for d in dims):
-        return ctx.e.ints(dims)
-    return ctx.op("Shape", [value])
 
 
 def _reshape_back(ctx: VJPContext):
@@ -58,6 +51,18 @@ def _const_ints(ctx: VJPContext, index: int, default):
     if const is None:
         raise NotImplementedError(f"{ctx.node.op_type} with non-constant input {index} has no gradient rule")
     return [int(v) for v in np.asarray(const.numpy()).reshape(-1)]
+
+
+@register_vjp("Split")
+def split_vjp(ctx: VJPContext):
+    """Split(x, split?; axis, num_outputs?) -> y1..yn;  dx = Concat(g1..gn; axis), zeros for unused pieces.
+
+    The recurrent layers read each step's slice of the input projection through one Split: its VJP
+    is one Concat, where per-step Slices would each pad a full-size cotangent.
+    """
+    pieces = [g if g is not None else zeros_like(ctx, y) for g, y in zip(ctx.out_grads, ctx.outputs)]
+    dx = pieces[0] if len(pieces) == 1 else ctx.op("Concat", pieces, {"axis": ctx.attr("axis", 0)})
+    return [dx] + [None] * (len(ctx.inputs) - 1)
 
 
 @register_vjp("Slice")
