@@ -15,6 +15,7 @@ from graphc.errors import GraphcError
 from graphc.nn.parameter import parameter_of
 from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
+from runtime.atomic import atomic_write
 from runtime.input_files import check_feeds, input_specs
 from runtime.training_session import create_session
 
@@ -112,7 +113,7 @@ class Program:
         """
         onnx.checker.check_model(self.model, full_check=True)
         if not external_data:
-            onnx.save_model(self.model, str(path))
+            atomic_write(path, lambda handle: handle.write(self.model.SerializeToString()))
             return
         model = onnx.ModelProto()
         model.CopyFrom(self.model)  # save_model converts tensors to external references in place

@@ -14,7 +14,8 @@ from graphc.nn.parameter import Parameter
 from graphc.tensor import Tensor
 from passes.extract import reachable_nodes
 
-_pending: list["StateUpdate"] = []
+_pending: dict[int, list["StateUpdate"]] = {}  # per buffer, the newest few (bounded memory)
+_KEEP = 4  # graphs built from the same layer that a Trainer may still be created for
 
 
 @dataclass
@@ -28,14 +29,17 @@ def record_state_update(buffer: Parameter, value: Tensor, anchor: Tensor) -> Non
     if value.shape != buffer.shape or value.dtype != buffer.dtype:
         raise ValueError(f"state update of {buffer.name!r}: expected {buffer.shape} {buffer.dtype}, "
                          f"got {value.shape} {value.dtype}")
-    _pending.append(StateUpdate(buffer, value, anchor))
+    updates = _pending.setdefault(id(buffer), [])
+    updates.append(StateUpdate(buffer, value, anchor))
+    del updates[:-_KEEP]
 
 
 def updates_computed_with(outputs: list[Tensor]) -> list[StateUpdate]:
     """The recorded updates whose layer output the graph of ``outputs`` uses (latest per buffer)."""
     graph_nodes = reachable_nodes([t.value for t in outputs])
     chosen: dict[int, StateUpdate] = {}
-    for update in _pending:
-        if update.anchor.value.producer() in graph_nodes:
-            chosen[id(update.buffer)] = update
+    for updates in _pending.values():
+        for update in updates:
+            if update.anchor.value.producer() in graph_nodes:
+                chosen[id(update.buffer)] = update
     return list(chosen.values())

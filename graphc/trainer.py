@@ -25,6 +25,7 @@ from graphc.random import RNG_KEY, key_for_step
 from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
 from passes.training_step import build_training_step
+from runtime.atomic import atomic_write
 from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from runtime.training_session import NonFiniteLossError, TrainingSession
 
@@ -249,4 +250,4 @@ class Trainer:
         """Write the training step as standard ONNX; ``InferenceSession(path).run(None, batch)`` trains one step."""
         model = self.training_model()
         onnx.checker.check_model(model, full_check=True)
-        onnx.save_model(model, str(path))
+        atomic_write(path, lambda handle: handle.write(model.SerializeToString()))

@@ -17,11 +17,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from runtime.atomic import atomic_write
 
 FORMAT = "graphc-checkpoint"
 VERSION = 1
@@ -35,12 +36,6 @@ class CheckpointError(Exception):
 
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(array.tobytes(order="C")).hexdigest()  # tobytes keeps 0-d arrays 0-d
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.require(array, requirements="C"), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def save_checkpoint(path, arrays: Mapping[str, np.ndarray], metadata: Mapping | None = None) -> None:
@@ -61,25 +56,18 @@ def save_checkpoint(path, arrays: Mapping[str, np.ndarray], metadata: Mapping | 
         manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
     except TypeError as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
-                archive.writestr(MANIFEST, manifest_bytes)
-                for name, value in arrays.items():
-                    archive.writestr(entries[name]["file"], _npy_bytes(np.asarray(value)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"checkpoint folder {folder!r} does not exist")
+
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(MANIFEST, manifest_bytes)
+            for name, value in arrays.items():
+                with archive.open(entries[name]["file"], "w") as member:  # streamed: no second copy in memory
+                    np.lib.format.write_array(member, np.require(np.asarray(value), requirements="C"),
+                                              allow_pickle=False)
+
+    atomic_write(path, write, prefix=".ckpt-")
 
 
 def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:

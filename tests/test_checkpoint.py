@@ -155,3 +155,9 @@ def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
         arrays, metadata = load_checkpoint(path)
         assert arrays["w"][0, 0] == metadata["i"] == int(arrays["step"])
         assert np.all(arrays["w"] == metadata["i"])
+
+
+def test_saving_into_a_missing_folder_is_a_checkpoint_error(tmp_path):
+    _, trainer = make_trainer()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        trainer.save_checkpoint(tmp_path / "missing" / "ckpt")

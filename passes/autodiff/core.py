@@ -90,11 +90,14 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
                 contributions.setdefault(value, []).append(grad)
 
     results = []
+    emitted = set(emitter.nodes)
     for w in wrt:
         if w not in contributions and unreachable == "none":
             results.append(None)
             continue
         grad = _sum(emitter, contributions[w]) if w in contributions else zeros_of(emitter, w)
+        if grad.producer() not in emitted or grad in results:  # a caller's seed: do not retype it
+            grad = emitter.op("Identity", [grad])
         grad.type = ir.TensorType(w.dtype)
         grad.shape = ir.Shape(list(w.shape)) if w.shape is not None else None
         results.append(grad)
