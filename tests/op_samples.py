@@ -427,8 +427,10 @@ for name, key, shape, decl in (
 ):
     row(name, lambda a, key=key: a[key], [In("a", shape, decl=decl)], lambda a, key=key: _np_slice(a, key),
         ["Slice"])
-row("slice_step_two", lambda a: a[:, ::2], [In("a", (2, 5))], lambda a: a[:, ::2], ["Slice"],
-    grad_gap=r"Slice with steps other than 1")
+row("slice_step_two", lambda a: a[:, ::2], [In("a", (2, 5))], lambda a: a[:, ::2], ["Slice"])
+row("slice_steps_mixed", lambda a: a[1::3, -5:-1:2], [In("a", (7, 9))], lambda a: a[1::3, -5:-1:2], ["Slice"])
+row("slice_step_on_symbolic_batch", lambda a: a[:, ::2, 1], [In("a", (2, 5, 3), decl=("batch", 5, 3))],
+    lambda a: a[:, ::2, 1], ["Slice", "Squeeze"])
 
 
 def _gather(axis: int, out_shape):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from passes.autodiff.helpers import shape_of as _shape_of
 from passes.autodiff.helpers import static_dims, unbroadcast, zeros_like
@@ -67,23 +68,27 @@ def split_vjp(ctx: VJPContext):
 
 @register_vjp("Slice")
 def slice_vjp(ctx: VJPContext):
-    """Slice(x, starts, ends, axes, steps=1) -> y;  dx = Pad(g, the cut-off parts) with zeros.
+    """Slice(x, starts, ends, axes, steps) -> y;  dx = Pad(g, the cut-off parts) with zeros.
 
     Starts/ends are normalised like ONNX does (negative counts from the end,
     then clamped to [0, dim]); static dims give constant pads, symbolic dims
-    compute them from ``Shape(x)``.
+    compute them from ``Shape(x)``. Axes with a step > 1 (static dims, positive
+    steps) are first scattered into their full length (``_unstride``).
     """
     x = ctx.inputs[0]
     rank = len(x.shape)
     starts, ends = _const_ints(ctx, 1, None), _const_ints(ctx, 2, None)
     axes = [a % rank for a in _const_ints(ctx, 3, list(range(len(starts))))]
     steps = _const_ints(ctx, 4, [1] * len(starts))
-    if any(s != 1 for s in steps):
-        raise NotImplementedError("the gradient of Slice with steps other than 1 is not implemented")
     dims = static_dims(x)
+    g = ctx.g
+    strided = [(a, st, en, sp) for a, st, en, sp in zip(axes, starts, ends, steps) if sp != 1]
+    for axis, start, stop, step in strided:
+        g = _unstride(ctx, g, dims[axis], axis, start, stop, step)
+    plain = [(a, st, en) for a, st, en, sp in zip(axes, starts, ends, steps) if sp == 1]
     begin = [ctx.e.ints([0])] * rank
     end = [ctx.e.ints([0])] * rank
-    for axis, start, stop in zip(axes, starts, ends):
+    for axis, start, stop in plain:
         dim = dims[axis]
         if isinstance(dim, int):
             s = min(max(start + dim if start < 0 else start, 0), dim)
@@ -100,8 +105,30 @@ def slice_vjp(ctx: VJPContext):
         s, e = norm(start), norm(stop)
         begin[axis] = s
         end[axis] = ctx.op("Sub", [d, ctx.op("Max", [e, s])])
+    if not plain:
+        return [g] + [None] * (len(ctx.inputs) - 1)
     pads = ctx.op("Concat", begin + end, {"axis": 0})
-    return [ctx.op("Pad", [ctx.g, pads])] + [None] * (len(ctx.inputs) - 1)
+    return [ctx.op("Pad", [g, pads])] + [None] * (len(ctx.inputs) - 1)
+
+
+def _unstride(ctx: VJPContext, g, dim, axis: int, start: int, stop: int, step: int):
+    """Scatter ``g``'s elements along ``axis`` back to positions start, start+step, ... of a length-``dim`` axis."""
+    if not isinstance(dim, int) or step < 1:
+        raise NotImplementedError(f"the gradient of Slice with step {step} needs a static dim and a positive step")
+    begin = min(max(start + dim if start < 0 else start, 0), dim)
+    finish = min(max(stop + dim if stop < 0 else stop, 0), dim)
+    positions = np.arange(begin, finish, step, dtype=np.int64)
+    rank = len(ctx.inputs[0].shape)
+    index_shape = [1] * rank
+    index_shape[axis] = len(positions)
+    shape_g = ctx.op("Shape", [g])
+    indices = ctx.op("Expand", [ctx.e.const(positions.reshape(index_shape)), shape_g])
+    full_shape = ctx.op("Concat", [ctx.op("Shape", [g], {"start": 0, "end": axis}), ctx.e.ints([dim]),
+                                   ctx.op("Shape", [g], {"start": axis + 1})], {"axis": 0}) if axis else \
+        ctx.op("Concat", [ctx.e.ints([dim]), ctx.op("Shape", [g], {"start": 1})], {"axis": 0})
+    zero = ir.Tensor(np.zeros((1,), dtype=ctx.inputs[0].dtype.numpy()))
+    zeros = ctx.op("ConstantOfShape", [full_shape], {"value": zero})
+    return ctx.op("ScatterElements", [zeros, indices, g], {"axis": axis})
 
 
 @register_vjp("Gather")
