@@ -36,6 +36,9 @@ def nll_loss_vjp(ctx: VJPContext):
     """
     x, target = ctx.inputs[0], ctx.inputs[1]
     weight = ctx.inputs[2] if len(ctx.inputs) > 2 else None
+    if ctx.needs(2):  # as PyTorch: "the derivative for 'weight' is not implemented"
+        raise NotImplementedError("the gradient of NegativeLogLikelihoodLoss with respect to its class weights "
+                                  "is not implemented; pass the weights as a constant")
     reduction = ctx.attr("reduction", "mean")
     ignore = ctx.attr("ignore_index")
     dtype = x.dtype
