@@ -43,6 +43,7 @@ from graphc.nn.module import Module
 from graphc.nn.parameter import Parameter
 from graphc.tensor import Tensor, _to_ir_shape, constant, emit
 from passes.autodiff.rules.scan import name_body_values
+from passes.traversal import leaf_values, topological_nodes
 
 __all__ = ["RNNBase", "RNN", "LSTM", "GRU"]
 
@@ -176,26 +177,12 @@ def _body_input(name: str, shape, dtype) -> Tensor:
 def _body_graph(inputs: list[Tensor], outputs: list[Tensor], name: str) -> ir.Graph:
     """The nodes between ``inputs`` and ``outputs`` as a self-contained ONNX graph (a Scan body)."""
     allowed = {t.value for t in inputs}
-    order: list[ir.Node] = []
-    seen: set[ir.Node] = set()
-    stack: list[tuple[ir.Node, bool]] = [(t.value.producer(), False) for t in reversed(outputs)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        for value in reversed(node.inputs):
-            if value is None or value in allowed:
-                continue
-            if value.producer() is None:
-                raise RuntimeError(f"a recurrent step body must not reference {value.name!r} from outside; "
-                                   f"pass it as loop-invariant state")
-            if value.producer() not in seen:
-                stack.append((value.producer(), False))
+    out_values = [t.value for t in outputs]
+    order = topological_nodes(out_values, stop=allowed)
+    for leaf in leaf_values(out_values, order):
+        if leaf not in allowed:
+            raise RuntimeError(f"a recurrent step body must not reference {leaf.name!r} from outside; "
+                               f"pass it as loop-invariant state")
     graph = ir.Graph([t.value for t in inputs], [t.value for t in outputs], nodes=order, name=name)
     name_body_values(graph, name)
     return graph
