@@ -1,6 +1,6 @@
 """Probe: the cheapest standard-ONNX lowering of a convolution's weight gradient on ONNX Runtime CPU.
 
-    python benchmarks/probes/conv_dw_lowerings.py
+    python benchmarks/probes/conv_dw_lowerings.py [--shape N,C,O,H,K,P]
 
 One 32->64 3x3 pad-1 layer on 16x16 maps, batch 64 (the padded CIFAR CNN's second conv).
 Candidates: (A) a Conv over the batch-transposed input with the output gradient as kernel;
@@ -18,13 +18,23 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-N, C, O, H, K, P = 64, 32, 64, 16, 3, 1
+N, C, O, H, K, P = 64, 32, 64, 16, 3, 1  # batch, in/out channels, input size, kernel, padding
 F = TensorProto.FLOAT
+
+
+def set_shape(text: str) -> None:
+    """``--shape N,C,O,H,K,P``: probe another layer (stride 1)."""
+    global N, C, O, H, K, P, OH
+    N, C, O, H, K, P = (int(v) for v in text.split(","))
+    OH = H + 2 * P - K + 1
+
+
+OH = H + 2 * P - K + 1
 
 
 def model(nodes, inits, out_shape):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [N, C, H, H]),
-                                           helper.make_tensor_value_info("g", F, [N, O, H, H])],
+                                           helper.make_tensor_value_info("g", F, [N, O, OH, OH])],
                               [helper.make_tensor_value_info("dw", F, out_shape)], initializer=inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -51,7 +61,7 @@ def onehot_kernel():
 
 
 def patches_batched_matmul():
-    L = H * H
+    L = OH * OH
     nodes = [helper.make_node("Conv", ["x", "eye"], ["pt"], pads=[P] * 4, group=C),
              helper.make_node("Reshape", ["pt", "s1"], ["p3"]),
              helper.make_node("Reshape", ["g", "s2"], ["g3"]),
@@ -65,7 +75,7 @@ def patches_batched_matmul():
 
 
 def patches_gemm():
-    L = H * H
+    L = OH * OH
     nodes = [helper.make_node("Conv", ["x", "eye"], ["pt"], pads=[P] * 4, group=C),
              helper.make_node("Reshape", ["pt", "s1"], ["p3"]),
              helper.make_node("Transpose", ["p3"], ["p3t"], perm=[1, 0, 2]),
@@ -90,9 +100,13 @@ def median_ms(session, feeds, repeats=30):
 
 
 def main():
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--shape":
+        set_shape(sys.argv[2])
+    print(f"N={N} C={C} O={O} H={H} K={K} P={P}")
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((N, C, H, H)).astype(np.float32),
-             "g": rng.standard_normal((N, O, H, H)).astype(np.float32)}
+             "g": rng.standard_normal((N, O, OH, OH)).astype(np.float32)}
     results = {}
     for name, build in [("A transposed-batch Conv", transposed_batch), ("B1 patches + batched MatMul",
                         patches_batched_matmul), ("B2 patches + one Gemm", patches_gemm)]:

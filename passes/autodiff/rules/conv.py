@@ -61,7 +61,8 @@ def conv_vjp(ctx: VJPContext):
 
     dx = ConvTranspose(g, w) with the same strides/pads/dilations/group;
     dw = sum_n g_n (O, L) @ patches_n (C*kH*kW, L)^T per group, patches from a
-    one-hot depthwise Conv (im2col in standard ops); db = sum of g over N, H, W.
+    one-hot depthwise Conv (im2col in standard ops), or, for ungrouped kernels with
+    more taps than output channels, a transposed-batch Conv; db = sum of g over N, H, W.
     """
     x, w = ctx.inputs[0], ctx.inputs[1]
     g = ctx.g
@@ -78,7 +79,9 @@ def conv_vjp(ctx: VJPContext):
     dx = dw = db = None
     if ctx.needs(0):
         dx = _conv_transpose(ctx, g, w, x_hw, out_hw, kernel, strides, dilations, pads, group)
-    if ctx.needs(1):
+    if ctx.needs(1) and group == 1 and kh * kw > out_c:
+        dw = _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
+    elif ctx.needs(1):
         channels = in_per_group * group
         taps = kh * kw
         eye = np.zeros((channels * taps, 1, kh, kw), dtype=w.dtype.numpy())
@@ -95,6 +98,21 @@ def conv_vjp(ctx: VJPContext):
     if len(ctx.inputs) > 2 and ctx.needs(2):
         db = ctx.op("ReduceSum", [g, ctx.e.ints([0, 2, 3])], {"keepdims": 0})
     return [dx, dw, db]
+
+
+def _weight_grad_by_transposed_batch(ctx: VJPContext, x, g, kernel, strides, dilations, pads):
+    """dw[o, c] = sum_n g[n, o] (*) x[n, c]: a Conv of x^T (C, N, H, W) with g^T (O, N, oH, oW) as kernel,
+    the forward's dilations as strides and its strides as dilations, cropped to the kernel size.
+
+    Chosen when the kernel has more taps than output channels (LeNet's 5x5 convs with 6 and 16
+    channels: 2.6 vs 3.1 ms and 0.86 vs 1.0 ms against patches + MatMul, probes/conv_dw_lowerings.py),
+    where the one-hot patches Conv does more work than the product itself.
+    """
+    xt = ctx.op("Transpose", [x], {"perm": [1, 0, 2, 3]})
+    gt = ctx.op("Transpose", [g], {"perm": [1, 0, 2, 3]})
+    full = ctx.op("Conv", [xt, gt], {"strides": dilations, "dilations": strides, "pads": pads})
+    cropped = ctx.op("Slice", [full, ctx.e.ints([0, 0]), ctx.e.ints(kernel), ctx.e.ints([2, 3])])
+    return ctx.op("Transpose", [cropped], {"perm": [1, 0, 2, 3]})
 
 
 @register_vjp("MaxPool")
