@@ -31,6 +31,7 @@ from onnx_ir.passes.common import (
 
 from passes.autodiff.core import vjp
 from passes.emitter import Emitter
+from passes.fuse_gradient_sums import FuseGradientSumsPass
 from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
 
 UPDATED = ".updated"
@@ -204,7 +205,7 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     graph.outputs.extend(new_outputs + updated)
     forward.metadata_props["graphc.state_pairs"] = json.dumps(pairs)
     forward.metadata_props["graphc.batch_inputs"] = json.dumps(batch_inputs)
-    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), TopologicalSortPass(),
-                    NameFixPass()):
+    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), FuseGradientSumsPass(),
+                    TopologicalSortPass(), NameFixPass()):
         cleanup(forward)
     return TrainingStep(forward, pairs, initial, batch_inputs, extra_outputs)
