@@ -35,6 +35,7 @@ from passes.fuse_gradient_sums import FuseGradientSumsPass
 from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
 
 UPDATED = ".updated"
+SMALL_PARAMETER = 4096  # parameters up to this many elements share one flat update (fewer tiny ops)
 GRAD_SUM = "grad_sum"  # an output: the sum of all gradients, non-finite when any gradient is
 
 
@@ -104,7 +105,7 @@ def _apply_per_parameter(e, graph, scalars, optimizer, params, grads, initial):
     return pairs, updated
 
 
-def _apply_flat(e, graph, scalars, optimizer, params, grads, initial):
+def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, prefix: str = "optimizer"):
     """One update over all parameters concatenated (a multi-tensor apply).
 
     Optimizer math is element-wise, so updating the concatenation equals
@@ -122,7 +123,7 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial):
     flat_g = e.op("Concat", [e.op("Reshape", [g, minus_one]) for g in grads], {"axis": 0})
     state = {}
     for slot, init in slots_of(optimizer.hparams).items():
-        state[slot] = _state_input(graph, f"optimizer.{slot}", params[0], flat_shape)
+        state[slot] = _state_input(graph, f"{prefix}.{slot}", params[0], flat_shape)
         initial[state[slot].name] = np.full((total,), init, dtype=params[0].dtype.numpy())
     new_flat, new_state = update(e, scalars, flat_p, flat_g, state, optimizer.hparams)
     pairs: list[tuple[str, str]] = []
@@ -191,8 +192,20 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     next_step.type, next_step.shape = step.type, step.shape
     scalars = StepScalars(e, next_step, lr, dtype)
     flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
-    apply = _apply_flat if flat else _apply_per_parameter
-    pairs, updated = apply(e, graph, scalars, optimizer, params, grads, initial)
+    if flat:
+        pairs, updated = _apply_flat(e, graph, scalars, optimizer, params, grads, initial)
+    else:
+        small = [i for i, p in enumerate(params) if int(np.prod(initial[p.name].shape)) <= SMALL_PARAMETER]
+        if len(small) < 2 or len({params[i].dtype for i in small}) != 1:
+            small = []
+        big = [i for i in range(len(params)) if i not in small]
+        pairs, updated = _apply_per_parameter(e, graph, scalars, optimizer, [params[i] for i in big],
+                                              [grads[i] for i in big], initial)
+        if small:
+            more_pairs, more_updated = _apply_flat(e, graph, scalars, optimizer, [params[i] for i in small],
+                                                   [grads[i] for i in small], initial, prefix="optimizer.small")
+            pairs += more_pairs
+            updated += more_updated
     for param in frozen:
         _carry(e, param, param, pairs, updated)
     for name, output_name in state_updates.items():

@@ -57,7 +57,11 @@ def test_sgd_step_applies_p_minus_lr_g(fuse):
     assert ("step", "step.updated") in step.state_pairs
 
 
-def test_flat_and_per_parameter_adam_agree():
+@pytest.mark.parametrize("small_limit", [0, 10])
+def test_flat_hybrid_and_per_parameter_adam_agree(monkeypatch, small_limit):
+    """Per parameter (small_limit 0), small parameters grouped (10: the biases), or all flat: same update."""
+    import passes.training_step as training_step
+    monkeypatch.setattr(training_step, "SMALL_PARAMETER", small_limit)
     feeds = batch()
     results = []
     for fuse in (False, True):
@@ -66,8 +70,13 @@ def test_flat_and_per_parameter_adam_agree():
         step = build_training_step(forward, params, OptimizerConfig("adam", {"lr": 0.1}), fuse_update=fuse)
         results.append(run(step, feeds))
         slots = {inp for inp, _ in step.state_pairs} - set(params) - {"step"}
-        expected = {"optimizer.exp_avg", "optimizer.exp_avg_sq"} if fuse else \
-            {f"{p}.{s}" for p in params for s in ("exp_avg", "exp_avg_sq")}
+        if fuse:
+            expected = {"optimizer.exp_avg", "optimizer.exp_avg_sq"}
+        elif small_limit:  # the weights (20 and 15 elements) alone, the biases (5 and 3) together
+            expected = {f"{p}.{s}" for p in params if p.endswith("weight") for s in ("exp_avg", "exp_avg_sq")}
+            expected |= {"optimizer.small.exp_avg", "optimizer.small.exp_avg_sq"}
+        else:
+            expected = {f"{p}.{s}" for p in params for s in ("exp_avg", "exp_avg_sq")}
         assert slots == expected
     per_param, flat = results
     for name in [k for k in per_param if k.endswith(".updated") and not k.count(".exp_avg")]:

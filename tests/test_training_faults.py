@@ -11,23 +11,30 @@ from graphc import nn
 from graphc.random import key_for_step
 
 
-def test_saturated_sigmoid_bce_has_finite_gradients_as_in_torch():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_bce_at_saturated_probabilities_matches_torch_values_and_gradients(reduction):
+    """p exactly 0 or 1 (a saturated sigmoid): torch clamps the logs at -100 and its backward is
+    (p - t) / max(p (1 - p), 1e-12); graphc gives the same values and gradients, all finite."""
     torch = pytest.importorskip("torch")
-    x = gc.input("x", ("batch", 2))
-    t = gc.input("t", ("batch", 2))
-    layer = nn.Linear(2, 2)
-    tlayer = torch.nn.Linear(2, 2)
-    layer.load_state_dict(tlayer.state_dict())
-    loss = F.binary_cross_entropy(F.sigmoid(layer(x) * 100.0), t)
-    grads = gc.grad(loss, layer.parameters())
-    xb = np.array([[50.0, -50.0], [1.0, 2.0]], np.float32)  # the sigmoid saturates to exactly 0 and 1
-    tb = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    out = gc.compile([x, t], {"loss": loss, "gw": grads[0], "gb": grads[1]}).run({"x": xb, "t": tb})
-    tloss = torch.nn.functional.binary_cross_entropy(torch.sigmoid(tlayer(torch.from_numpy(xb)) * 100.0),
-                                                     torch.from_numpy(tb))
-    tloss.backward()
-    assert np.isfinite(out["gw"]).all() and np.isfinite(out["gb"]).all()
-    np.testing.assert_allclose(out["loss"], tloss.item(), rtol=1e-5)
+    p = gc.input("p", (2, 3))
+    t = gc.input("t", (2, 3))
+    loss = F.binary_cross_entropy(p, t, reduction=reduction)
+    weights = gc.constant(np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+    scalar = (loss * weights).sum() if reduction == "none" else loss
+    dp, dt = gc.grad(scalar, [p, t])
+    pb = np.array([[0.0, 1.0, 1e-30], [1.0, 0.5, 0.0]], np.float32)
+    tb = np.array([[1.0, 0.0, 0.0], [1.0, 0.3, 0.0]], np.float32)
+    out = gc.compile([p, t], {"loss": loss, "dp": dp, "dt": dt}).run({"p": pb, "t": tb})
+    tp, tt = torch.tensor(pb, requires_grad=True), torch.tensor(tb, requires_grad=True)
+    tloss = torch.nn.functional.binary_cross_entropy(tp, tt, reduction=reduction)
+    tscalar = (tloss * torch.arange(1, 7, dtype=torch.float32).reshape(2, 3)).sum() if reduction == "none" \
+        else tloss
+    tscalar.backward()
+    np.testing.assert_allclose(out["loss"], tloss.detach().numpy(), rtol=1e-6, atol=1e-7)  # torch uses log1p
+    np.testing.assert_allclose(out["dp"], tp.grad.numpy(), rtol=1e-5)
+    finite = np.isfinite(tt.grad.numpy())  # torch's target gradient uses unclamped logs: inf at p = 0 or 1
+    np.testing.assert_allclose(out["dt"][finite], tt.grad.numpy()[finite], rtol=1e-5)
+    assert np.isfinite(out["dp"]).all() and np.isfinite(out["dt"]).all()  # graphc clamps them at 100
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_is_refused_and_changes_nothing():

@@ -197,28 +197,47 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
 
 def _clamped_log(p: Tensor) -> Tensor:
-    """log(p) clamped at -100 as PyTorch's BCE does, with finite gradients even at p = 0.
+    """log(p) clamped at -100, as PyTorch's BCE does (log(0) = -inf becomes -100). Forward value only."""
+    positive = ops.compare("Greater", p, 0.0)
+    log = ops.clip(ops.unary("Log", ops.where(positive, p, 1.0)), min=-100.0)
+    return ops.where(positive, log, -100.0)
 
-    ``Clip(Log(p))`` would give 0 * inf = NaN in the backward pass at p = 0; taking the log of
-    max(p, tiny) and selecting -100 where p <= 0 keeps every gradient finite.
+
+def _with_gradients(value: Tensor, slopes: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``value`` in the forward pass; in the backward pass d/dx = slope for each (x, slope).
+
+    value + sum(slope * x - detach(slope * x)): each pair cancels exactly (the same computed number),
+    so the forward value is unchanged while autodiff sees ``slope`` (a constant) as the derivative.
     """
-    tiny = float(np.finfo(p.dtype).tiny)
-    log = ops.clip(ops.unary("Log", ops.clip(p, min=tiny)), min=-100.0)
-    return ops.where(ops.compare("Greater", p, 0.0), log, -100.0)
+    out = ops.stop_gradient(value)
+    for x, slope in slopes:
+        linear = ops.mul(ops.stop_gradient(slope), x)
+        out = ops.add(out, ops.sub(linear, ops.stop_gradient(linear)))
+    return out
 
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
-    """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch does."""
+    """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, with PyTorch's exact gradients.
+
+    PyTorch's backward is d/dp = (p - t) / max(p (1 - p), 1e-12), not the derivative of the clamped
+    forward (which is infinite or NaN where p saturates to 0 or 1); ``_with_gradients`` gives the loss
+    exactly that slope, and d/dt = log(1 - p) - log(p) with the clamped logs (PyTorch's target
+    gradient uses unclamped ones and is infinite at p = 0 or 1), in standard ops.
+    """
     _check_reduction("binary_cross_entropy", reduction)
     _same_shape("binary_cross_entropy", input, target)
     log_p = _clamped_log(input)
     log_q = _clamped_log(ops.sub(1.0, input))
-    loss = ops.neg(ops.add(ops.mul(target, log_p), ops.mul(ops.sub(1.0, target), log_q)))
+    value = ops.neg(ops.add(ops.mul(target, log_p), ops.mul(ops.sub(1.0, target), log_q)))
+    slope_p = ops.div(ops.sub(input, target),
+                      emit("Max", [ops.mul(input, ops.sub(1.0, input)), ops.as_tensor(1e-12, input)],
+                           shape=input.shape, dtype=input.dtype))
+    slopes = [(input, slope_p)] + ([(target, ops.sub(log_q, log_p))] if is_floating(target.dtype) else [])
+    loss = _with_gradients(value, slopes)
     if weight is not None:
         loss = ops.mul(loss, weight)
     return _reduce(loss, reduction)
-
 
 
 # ---- more activations (compositions: their gradients come from the primitives' rules) ----
