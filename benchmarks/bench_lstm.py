@@ -22,6 +22,8 @@ import graphc as gc
 import graphc.nn.functional as F
 from graphc import nn
 
+from common import interleaved_ms
+
 BATCH, STEPS, FEATURES, HIDDEN, LAYERS, CLASSES = 64, 28, 28, 128, 2, 10
 
 
@@ -63,34 +65,6 @@ def build_torch():
         opt.step()
         return loss.item()
     return step
-
-
-def interleaved_ms(steps: dict, batches, warmup: int = 20, block: int = 10) -> tuple[dict, list]:
-    """Median ms per step of each runner, the runners taking turns every ``block`` batches.
-
-    Taking turns exposes both to the same machine load (other processes share
-    these 2 cores), so their ratio is meaningful even when absolute times drift.
-    Blocks rather than single steps: a runner's worker threads keep spinning a
-    little after it returns, which would slow the other's next step. Also
-    returns, per round, each runner's block median (for per-round ratios).
-    """
-    for xb, yb in batches[:warmup]:
-        for step in steps.values():
-            step(xb, yb)
-    times = {name: [] for name in steps}
-    rounds = []
-    for first in range(0, len(batches), block):
-        medians = {}
-        for name, step in steps.items():
-            block_times = []
-            for xb, yb in batches[first:first + block]:
-                start = time.perf_counter()
-                step(xb, yb)
-                block_times.append(time.perf_counter() - start)
-            times[name] += block_times
-            medians[name] = statistics.median(block_times)
-        rounds.append(medians)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, rounds
 
 
 def inference_ms(runs: int) -> dict:
