@@ -66,7 +66,6 @@ class _FastFeedCheck:
     def __init__(self, specs):
         self.specs = specs
         self.expected = [(s.name, s.dtype, s.shape) for s in specs]
-        self.names = {s.name for s in specs}
 
     def __call__(self, feeds: dict) -> dict:
         """The feeds to run with: as given when they fit exactly, else converted by ``check_feeds``."""
@@ -88,7 +87,8 @@ class _FastFeedCheck:
             return feeds
         # Lists, memmaps and other array-likes land here too: check_feeds converts them, or raises with
         # the precise message (name, expected and given).
-        return {k: np.ascontiguousarray(v) for k, v in check_feeds(self.specs, dict(feeds)).items()}
+        checked = check_feeds(self.specs, dict(feeds))
+        return {k: np.require(v, requirements="C") for k, v in checked.items()}  # keeps 0-d arrays 0-d
 
 
 class TrainingSession:
