@@ -11,10 +11,11 @@ from itertools import zip_longest
 from typing import NamedTuple
 
 import numpy as np
+import onnx_ir as ir
 
 from graphc.dtypes import is_floating, to_numpy_dtype
 from graphc.errors import shape_error
-from graphc.tensor import Dim, Tensor, as_tensor, constant, emit
+from graphc.tensor import Dim, SymDim, Tensor, as_tensor, constant, emit
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -129,6 +130,24 @@ def compare(op_type: str, a, b) -> Tensor:
     """``a < b``, ``a == b``, ...: element-wise comparisons giving bool tensors (no gradient)."""
     a, b = _binary_operands(op_type, a, b)
     return emit(op_type, [a, b], shape=broadcast_shapes(op_type, a.shape, b.shape), dtype=np.bool_)
+
+
+def not_equal(a, b) -> Tensor:
+    """``a != b``: element-wise ``Not(Equal(a, b))``, a bool tensor (no gradient).
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", ("batch",), dtype="int64")
+    >>> (x != 3).dtype
+    dtype('bool')
+    """
+    return logical_not(compare("Equal", a, b))
+
+
+def logical_not(x: Tensor) -> Tensor:
+    """``~x`` / ``gc.logical_not(x)`` on a bool tensor (ONNX Not)."""
+    if x.dtype != np.bool_:
+        raise shape_error("Not", f"expects a bool tensor, got {x.dtype}")
+    return emit("Not", [x], shape=x.shape, dtype=np.bool_)
 
 
 def cast(x: Tensor, dtype) -> Tensor:
@@ -501,8 +520,175 @@ def stack(tensors, dim: int = 0) -> Tensor:
     return concat([unsqueeze(t, dim) for t in tensors], dim)
 
 
+def cat(tensors, dim: int = 0) -> Tensor:
+    """``gc.cat``: ``torch.cat``'s name for :func:`concat`."""
+    return concat(tensors, dim)
+
+
 def clip(x: Tensor, min=None, max=None) -> Tensor:  # noqa: A002 (torch.clamp's names)
-    """``gc.clip(x, min, max)`` (``torch.clamp``) (ONNX Clip; gradient passes inside the bounds)."""
+    """``gc.clip(x, min, max)`` / ``x.clamp(min, max)`` (``torch.clamp``); at least one bound.
+
+    Number bounds emit one ONNX Clip (gradient passes inside the bounds); a
+    Tensor bound broadcasts and emits Max / Min, as ``torch.clamp`` with tensors.
+    When ``min > max`` every element becomes ``max``, as in PyTorch.
+
+    >>> import graphc as gc
+    >>> gc.input("x", ("batch", 3)).clamp(min=0.0).shape
+    ('batch', 3)
+    """
+    if min is None and max is None:
+        raise shape_error("Clip", "at least one of min and max must be given (both are None)")
+    for name, bound in (("min", min), ("max", max)):
+        if bound is not None and not isinstance(bound, (Tensor, int, float, np.number)) or isinstance(bound, bool):
+            raise shape_error("Clip", f"{name} must be a number or a Tensor, got {type(bound).__name__}")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = x if min is None else _elementwise("Max", x, min)
+        return out if max is None else _elementwise("Min", out, max)
     lo = constant(min, dtype=x.dtype) if min is not None else None
     hi = constant(max, dtype=x.dtype) if max is not None else None
     return emit("Clip", [x, lo, hi], shape=x.shape, dtype=x.dtype)
+
+
+def cumsum(x: Tensor, dim: int, dtype=None) -> Tensor:
+    """``gc.cumsum(x, dim)`` / ``x.cumsum(dim)``: running sums along ``dim`` (ONNX CumSum).
+
+    As ``torch.cumsum``: bool and integer inputs sum in int64 unless ``dtype`` is given.
+    The gradient is the reverse running sum of the output gradient.
+
+    >>> import graphc as gc
+    >>> gc.cumsum(gc.input("x", ("batch", 5)), dim=1).shape
+    ('batch', 5)
+    """
+    if not isinstance(x, Tensor):
+        raise shape_error("CumSum", f"expected a Tensor, got {type(x).__name__}")
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise shape_error("CumSum", f"dim must be an int, got {dim!r}")
+    if x.ndim == 0:
+        raise shape_error("CumSum", "needs a tensor of rank >= 1, got a 0-d tensor")
+    axis = norm_axis("CumSum", int(dim), x.ndim)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not is_floating(x.dtype):
+        x = cast(x, "int64")
+    if x.dtype not in (np.float32, np.float64, np.int32, np.int64):  # ONNX Runtime's CumSum kernels
+        raise shape_error("CumSum", f"unsupported dtype {x.dtype}; use float32, float64, int32 or int64")
+    return emit("CumSum", [x, constant(np.asarray(axis, dtype=np.int64))], shape=x.shape, dtype=x.dtype)
+
+
+# ---- sizes and constants sized by symbolic dims -------------------------
+def _dim_piece(dim: SymDim) -> Tensor:
+    """Shape(tensor)[axis:axis+1]: the run-time size of a symbolic dim, as a 1-element int64 tensor."""
+    return emit("Shape", [dim.tensor], {"start": dim.axis, "end": dim.axis + 1}, shape=(1,), dtype=np.int64)
+
+
+def dim_size(dim: SymDim) -> Tensor:
+    """The run-time size of ``x.size(i)`` as a 0-d int64 Tensor (``t / x.size(0)`` uses it)."""
+    return emit("Squeeze", [_dim_piece(dim), constant(np.asarray([0], dtype=np.int64))], shape=(), dtype=np.int64)
+
+
+def numel(x: Tensor):
+    """``x.numel()``: an int for a static shape; a 0-d int64 Tensor (ReduceProd of Shape) when a dim is symbolic."""
+    if all(isinstance(d, int) for d in x.shape):
+        return int(np.prod(x.shape, dtype=np.int64))
+    shape = emit("Shape", [x], shape=(x.ndim,), dtype=np.int64)
+    return emit("ReduceProd", [shape], {"keepdims": 0}, shape=(), dtype=np.int64)
+
+
+def _size_arg(op: str, size) -> tuple:
+    """``f(2, 3)``, ``f((2, 3))`` or ``f([2, x.size(0)])``: each dim an int >= 0 or a SymDim."""
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    for d in size:
+        if isinstance(d, SymDim):
+            continue
+        if isinstance(d, str):
+            raise shape_error(op, f"size {fmt(size)}: the symbolic dim {d!r} is a plain name; read it from a "
+                                  f"tensor (x.size(0) or x.shape[0]) so its run-time size is known")
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0:
+            what = "unknown at build time" if d is None else f"{type(d).__name__} {d!r}"
+            raise shape_error(op, f"size {fmt(size)}: each dim must be an int >= 0 or a symbolic dim such as "
+                                  f"x.size(0), got {what}")
+    return tuple(d if isinstance(d, SymDim) else int(d) for d in size)
+
+
+def _filled(op: str, size: tuple, fill_value, dtype) -> Tensor:
+    """A constant when every dim is an int; else ConstantOfShape over Concat(ints, Shape(x)[axis] ...)."""
+    if all(isinstance(d, int) for d in size):
+        return constant(np.full(size, fill_value, dtype=dtype), dtype=dtype)
+    pieces = [_dim_piece(d) if isinstance(d, SymDim) else constant(np.asarray([d], dtype=np.int64)) for d in size]
+    target = pieces[0] if len(pieces) == 1 else emit("Concat", pieces, {"axis": 0}, shape=(len(size),),
+                                                     dtype=np.int64)
+    value = ir.Tensor(np.full((1,), fill_value, dtype=dtype))  # one element of the output dtype
+    return emit("ConstantOfShape", [target], {"value": value}, shape=size, dtype=dtype)
+
+
+def _fill_dtype(op: str, fill_value, dtype) -> np.dtype:
+    if isinstance(fill_value, Tensor) or not isinstance(fill_value, (bool, int, float, np.number)):
+        raise shape_error(op, f"fill_value must be a Python number, got {type(fill_value).__name__}")
+    if dtype is not None:
+        return to_numpy_dtype(dtype)
+    # torch.full's inference: bool -> bool, int -> int64, float -> float32 (the default float dtype)
+    if isinstance(fill_value, (bool, np.bool_)):
+        return np.dtype(np.bool_)
+    if isinstance(fill_value, (int, np.integer)):
+        return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def full(size, fill_value, dtype=None) -> Tensor:
+    """``gc.full(size, fill_value)`` (``torch.full``): dims may be symbolic, read from a tensor.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", ("batch", 28, 28))
+    >>> gc.full((2, x.size(0), 16), 0.5).shape
+    (2, 'batch', 16)
+    """
+    if not isinstance(size, (tuple, list)):
+        raise shape_error("full", f"size must be a tuple or list of dims, got {type(size).__name__}")
+    return _filled("full", _size_arg("full", tuple(size)), fill_value, _fill_dtype("full", fill_value, dtype))
+
+
+def zeros(*size, dtype="float32") -> Tensor:
+    """``gc.zeros(2, x.size(0), 16)`` or ``gc.zeros((2, x.size(0), 16))`` (``torch.zeros``).
+
+    Static sizes give a Constant; a symbolic dim (``x.size(0)``, ``x.shape[0]``)
+    is read from ``Shape(x)`` at run time and feeds ONNX ConstantOfShape.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", ("batch", 28, 28))
+    >>> gc.zeros(2, x.size(0), 16).shape
+    (2, 'batch', 16)
+    """
+    return _filled("zeros", _size_arg("zeros", size), 0, to_numpy_dtype(dtype))
+
+
+def ones(*size, dtype="float32") -> Tensor:
+    """``gc.ones(*size)`` (``torch.ones``): as :func:`zeros`, filled with ones."""
+    return _filled("ones", _size_arg("ones", size), 1, to_numpy_dtype(dtype))
+
+
+def _like(op: str, x: Tensor, fill_value, dtype) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise shape_error(op, f"expected a Tensor, got {type(x).__name__}")
+    if all(isinstance(d, int) for d in x.shape):
+        return constant(np.full(x.shape, fill_value, dtype=dtype), dtype=dtype)
+    value = ir.Tensor(np.full((1,), fill_value, dtype=dtype))  # symbolic or unknown dims: x's run-time shape
+    return emit("ConstantOfShape", [emit("Shape", [x], shape=(x.ndim,), dtype=np.int64)], {"value": value},
+                shape=x.shape, dtype=dtype)
+
+
+def zeros_like(x: Tensor, dtype=None) -> Tensor:
+    """``gc.zeros_like(x)``: zeros of x's shape (symbolic dims included) and dtype (or ``dtype``)."""
+    return _like("zeros_like", x, 0, to_numpy_dtype(dtype) if dtype is not None else x.dtype)
+
+
+def ones_like(x: Tensor, dtype=None) -> Tensor:
+    """``gc.ones_like(x)``: ones of x's shape and dtype (or ``dtype``)."""
+    return _like("ones_like", x, 1, to_numpy_dtype(dtype) if dtype is not None else x.dtype)
+
+
+def full_like(x: Tensor, fill_value, dtype=None) -> Tensor:
+    """``gc.full_like(x, v)``: ``v`` everywhere, x's shape; dtype x's unless given (as ``torch.full_like``)."""
+    dtype = to_numpy_dtype(dtype) if dtype is not None else x.dtype if isinstance(x, Tensor) else None
+    _fill_dtype("full_like", fill_value, dtype)
+    return _like("full_like", x, fill_value, dtype)

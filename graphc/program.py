@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -11,11 +10,13 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphc import random as _random
+from graphc.random import RNG_KEY
 from graphc.errors import GraphcError
-from graphc.nn.parameter import parameter_of
+from graphc.nn.parameter import parameter_of, values_version
+from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
-from runtime.atomic import atomic_write
+from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
 from runtime.training_session import create_session
 
@@ -28,12 +29,15 @@ def refresh_parameter(value: ir.Value) -> None:
 
 
 def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_string: str = "",
-                allow_random: bool = False) -> ir.Model:
+                allow_random: bool = False, allow_batch_statistics: bool = True) -> ir.Model:
     """The ``onnx_ir`` model computing ``outputs`` from ``inputs`` with current parameter values.
 
     Outputs that draw random numbers (training-mode dropout) need the implicit
     ``rng_key`` input: with ``allow_random`` it is appended to the inputs,
     otherwise that is an error that says how to build an inference graph.
+    Outputs that normalise with batch statistics (training-mode BatchNorm) are
+    refused the same way unless ``allow_batch_statistics``: a sample alone and
+    inside a batch would give different answers.
     """
     if isinstance(outputs, Tensor):
         outputs = {"output": outputs}
@@ -44,6 +48,11 @@ def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_str
         if not isinstance(t, Tensor) or t.value.producer() is not None or t.value.const_value is not None:
             raise TypeError(f"inputs must be tensors made by gc.input(), got {t!r}")
     values = [t.value for t in inputs]
+    if not allow_batch_statistics and updates_computed_with(list(outputs.values())):
+        raise GraphcError("these outputs normalise with batch statistics (BatchNorm modules were in train mode "
+                          "when they were called), so a sample's output would depend on the rest of its batch; "
+                          "call model.eval() and call the model again to build an inference graph, or pass "
+                          "allow_batch_statistics=True to compile the train-mode graph anyway")
     key = _random.rng_key().value
     if key not in values and key in free_inputs([t.value for t in outputs.values()]):
         if not allow_random:
@@ -60,7 +69,12 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 class Program:
-    """A compiled inference program: ``run`` feeds numpy arrays, ``save`` writes standard ONNX."""
+    """A compiled inference program: ``run`` feeds numpy arrays, ``save`` writes standard ONNX.
+
+    A Program built by ``gc.compile`` always uses the parameters' current values: when any parameter
+    changed since it was built (training steps, ``load_state_dict``, a checkpoint), the next ``run``,
+    ``save`` or ``model`` rebuilds it with the new values (a version counter, compared per call).
+    """
 
     def __init__(self, model: ir.Model, provider: str = "cpu", rebuild=None):
         self.provider = provider
@@ -69,12 +83,23 @@ class Program:
 
     def _set_model(self, model: ir.Model) -> None:
         RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
-        self.model: onnx.ModelProto = to_proto(model)
+        self._model: onnx.ModelProto = to_proto(model)
+        self._built_at = values_version()
         self._session = None
         self._specs = None
 
+    def _follow_parameters(self) -> None:
+        if self._rebuild is not None and self._built_at != values_version():
+            self._set_model(self._rebuild())
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The standard ONNX model, with the parameters' current values."""
+        self._follow_parameters()
+        return self._model
+
     def refresh(self) -> "Program":
-        """Take the parameters' current values (e.g. after training steps); the program is a snapshot until then."""
+        """Kept for compatibility: a Program follows the parameters' values by itself."""
         if self._rebuild is None:
             raise GraphcError("this Program was not built by gc.compile and cannot be refreshed")
         self._set_model(self._rebuild())
@@ -82,9 +107,11 @@ class Program:
 
     @property
     def session(self):
+        self._follow_parameters()
         if self._session is None:
             self._session = create_session(self.model, self.provider)
-            self._specs = input_specs(self.model)
+            self._specs = input_specs(self._model)
+            self._random = RNG_KEY in {s.name for s in self._specs}
             self._output_names = [o.name for o in self._session.get_outputs()]
         return self._session
 
@@ -97,9 +124,16 @@ class Program:
         return [o.name for o in self.model.graph.output]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on numpy feeds; names, dtypes and shapes are checked first (clear errors)."""
+        """Run on numpy feeds; names, dtypes and shapes are checked first (clear errors).
+
+        A train-mode dropout program (``allow_random=True``) draws a fresh ``rng_key`` per run from
+        ``gc.manual_seed``'s stream when none is fed (Monte-Carlo dropout); a fed key reproduces masks.
+        """
         session = self.session
-        checked = check_feeds(self._specs, dict(feeds))
+        feeds = dict(feeds)
+        if self._random and RNG_KEY not in feeds:
+            feeds[RNG_KEY] = _random.draw_key()
+        checked = check_feeds(self._specs, feeds)
         return dict(zip(self._output_names, session.run(self._output_names, checked)))
 
     def __call__(self, **feeds) -> dict[str, np.ndarray]:
@@ -110,22 +144,23 @@ class Program:
 
         ``external_data`` puts the weights in ``<file name>.data`` next to the model (needed above
         2 GB); the location is a bare file name, so nothing is written outside the model's folder.
+        Both files are rewritten from scratch and atomically (the data file first, then the model).
+        An existing target that is not a regular file (device, FIFO, symlink) is refused.
         """
         onnx.checker.check_model(self.model, full_check=True)
         if not external_data:
             atomic_write(path, lambda handle: handle.write(self.model.SerializeToString()))
             return
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)  # save_model converts tensors to external references in place
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=os.path.basename(str(path)) + ".data", size_threshold=1024)
+        atomic_save_external(self.model, path, size_threshold=1024)
 
 
 def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "",  # noqa: A001
-            allow_random: bool = False) -> Program:
+            allow_random: bool = False, allow_batch_statistics: bool = False) -> Program:
     """Compile symbolic ``outputs`` (a dict name -> Tensor, or one Tensor) of ``inputs`` into a Program.
 
-    Parameters are baked in with their values at this moment; ``program.refresh()`` takes newer ones.
+    Parameters are stored in the model as initializers; the Program follows their values (it is
+    rebuilt on its next use after they change). Train-mode dropout and BatchNorm are refused (call
+    ``model.eval()`` first) unless ``allow_random`` / ``allow_batch_statistics``.
 
     >>> import graphc as gc, numpy as np
     >>> x = gc.input("x", ("batch", 2))
@@ -135,6 +170,7 @@ def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string
     inputs = list(inputs)
 
     def rebuild() -> ir.Model:
-        return build_model(inputs, outputs, doc_string or "graphc inference program", allow_random)
+        return build_model(inputs, outputs, doc_string or "graphc inference program", allow_random,
+                           allow_batch_statistics)
 
     return Program(rebuild(), provider, rebuild)

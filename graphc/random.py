@@ -80,3 +80,8 @@ def uniform_like(x):
     top24 = op("BitShift", [z, c(40)], {"direction": "RIGHT"})
     return emit("Mul", [op("Cast", [top24], {"to": ir.DataType.FLOAT}, dtype=np.float32), constant(np.float32(2.0 ** -24))],
                 shape=x.shape, dtype=np.float32)
+
+
+def draw_key() -> np.ndarray:
+    """A fresh ``rng_key`` from ``gc.manual_seed``'s stream, for programs run with dropout active."""
+    return np.asarray(_generator.integers(-(2 ** 63), 2 ** 63 - 1, dtype=np.int64), dtype=np.int64)

@@ -22,6 +22,8 @@ import onnx_ir as ir
 
 from graphc.dtypes import to_ir_dtype, to_numpy_dtype
 from graphc.errors import shape_error
+from graphc.user_messages import call_site, symbolic_value_error
+from runtime.run_errors import OP_KEY, SOURCE_KEY
 
 Dim = int | str | None
 ShapeLike = tuple[Dim, ...]
@@ -31,13 +33,35 @@ _scope_stack: list[str] = []
 
 
 def _to_ir_shape(shape: Sequence[Dim]) -> ir.Shape:
-    return ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in shape])
+    # str(d): a SymDim is stored as its plain name, so the IR holds no reference back to a Tensor
+    return ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(None if d is None else str(d)) for d in shape])
 
 
 def _from_ir_shape(shape: ir.Shape | None) -> ShapeLike | None:
     if shape is None:
         return None
     return tuple(d if isinstance(d, int) else d.value for d in shape)
+
+
+class SymDim(str):
+    """A symbolic dim (``"batch"``) that remembers the tensor and axis it was read from.
+
+    ``x.shape[0]`` and ``x.size(0)`` return one, so ``gc.zeros((2, x.size(0), 16))`` can take the
+    size from ``Shape(x)`` at run time. It is a ``str``: it equals, hashes and prints as its name.
+
+    >>> import graphc as gc
+    >>> x = gc.input("x", ("batch", 3))
+    >>> x.size(0) == "batch", x.size(0).axis
+    (True, 0)
+    """
+
+    def __new__(cls, name: str, tensor: "Tensor", axis: int):
+        dim = super().__new__(cls, name)
+        dim.tensor, dim.axis = tensor, axis
+        return dim
+
+    def __reduce__(self):  # copies and pickles are plain names; the tensor does not travel
+        return str, (str(self),)
 
 
 class Tensor:
@@ -57,7 +81,10 @@ class Tensor:
     # ---- static facts -------------------------------------------------
     @property
     def shape(self) -> ShapeLike:
-        return _from_ir_shape(self.value.shape)
+        shape = _from_ir_shape(self.value.shape)
+        if shape is None:
+            return None
+        return tuple(SymDim(d, self, i) if isinstance(d, str) else d for i, d in enumerate(shape))
 
     @property
     def dtype(self) -> np.dtype:
@@ -72,8 +99,22 @@ class Tensor:
         return self.value.name
 
     def size(self, dim: int | None = None):
-        """``torch.Tensor.size``: the shape, or one dim (int or symbolic name)."""
-        return self.shape if dim is None else self.shape[dim]
+        """``torch.Tensor.size``: the shape, or one dim (an int, or a :class:`SymDim` naming a symbolic dim)."""
+        if dim is None:
+            return self.shape
+        if not isinstance(dim, int) or isinstance(dim, bool) or not -self.ndim <= dim < self.ndim:
+            raise IndexError(f"size(): dim {dim!r} is out of range for a tensor of shape {self.shape} "
+                             f"(expected an int in [{-self.ndim}, {self.ndim - 1}])")
+        return self.shape[dim]
+
+    def numel(self):
+        """The number of elements: an int when the shape is static, else a 0-d int64 Tensor computed at run time.
+
+        >>> import graphc as gc
+        >>> gc.input("x", (2, 3)).numel(), gc.input("y", ("batch", 3)).numel().shape
+        (6, ())
+        """
+        return _ops().numel(self)
 
     def dim(self) -> int:
         return self.ndim
@@ -113,7 +154,12 @@ class Tensor:
     def __le__(self, other): return _ops().compare("LessOrEqual", self, other)
     def __gt__(self, other): return _ops().compare("Greater", self, other)
     def __ge__(self, other): return _ops().compare("GreaterOrEqual", self, other)
+    # == and != build element-wise tensors as in PyTorch; hashing stays by identity (dict keys, sets)
+    def __eq__(self, other): return _ops().compare("Equal", self, other)
+    def __ne__(self, other): return _ops().not_equal(self, other)
+    def __invert__(self): return _ops().logical_not(self)
     def eq(self, other): return _ops().compare("Equal", self, other)
+    def ne(self, other): return _ops().not_equal(self, other)
 
     # ---- methods ------------------------------------------------------
     def reshape(self, *shape): return _ops().reshape(self, *shape)
@@ -141,6 +187,25 @@ class Tensor:
     def float(self): return _ops().cast(self, "float32")
     def double(self): return _ops().cast(self, "float64")
     def long(self): return _ops().cast(self, "int64")
+    def clamp(self, min=None, max=None): return _ops().clip(self, min, max)  # noqa: A002 (torch's names)
+    def clip(self, min=None, max=None): return _ops().clip(self, min, max)  # noqa: A002
+    def clamp_min(self, min): return _ops().clip(self, min, None)  # noqa: A002
+    def clamp_max(self, max): return _ops().clip(self, None, max)  # noqa: A002
+    def cumsum(self, dim: int, dtype=None): return _ops().cumsum(self, dim, dtype)
+
+    # ---- values: PyTorch habits meet a symbolic tensor; the error says where values come from instead.
+    # A Parameter holds its value and overrides numpy(), so item()/float() work on it as in torch.
+    def numpy(self): raise symbolic_value_error(self, "numpy()")
+    def backward(self, *args, **kwargs): raise symbolic_value_error(self, "backward()", "backward")
+    def item(self): return self._value_for("item()").item()
+    def tolist(self): return self._value_for("tolist()").tolist()
+    def __float__(self): return float(self._value_for("float()").item())  # one element, any rank, as torch
+    def __int__(self): return int(self._value_for("int()").item())
+
+    def _value_for(self, what: str) -> np.ndarray:
+        if type(self).numpy is Tensor.numpy:
+            raise symbolic_value_error(self, what)
+        return self.numpy()
 
     @property
     def T(self):
@@ -169,6 +234,11 @@ def emit(op_type: str, inputs: Sequence[Tensor | ir.Value | None], attrs: Mappin
     values = [t.value if isinstance(t, Tensor) else t for t in inputs]
     node = ir.Node("", op_type, values, ir.convenience.convert_attributes(dict(attrs or {})),
                    num_outputs=num_outputs, name=node_name(op_type))
+    # Who built this node, so a run-time failure can name the user's call and line (runtime.run_errors).
+    operation, source = call_site()
+    if operation:
+        node.metadata_props[OP_KEY] = operation
+    node.metadata_props[SOURCE_KEY] = source
     specs = [(shape, dtype), *extra_outputs]
     outputs = []
     for value, (out_shape, out_dtype) in zip(node.outputs, specs):
@@ -211,6 +281,9 @@ def as_tensor(x, like: Tensor | None = None, op: str = "op") -> Tensor:
     """Tensors pass through; Python numbers become constants of ``like``'s dtype (as in PyTorch)."""
     if isinstance(x, Tensor):
         return x
+    if isinstance(x, SymDim):  # ``t / x.size(0)``: the dim's run-time size, used like a Python int
+        size = _ops().dim_size(x)
+        return size if like is None else _ops().cast(size, like.dtype)
     if isinstance(x, (bool, int, float, np.number)) and like is not None:
         return constant(x, dtype=like.dtype)
     if isinstance(x, (bool, int, float, np.number, np.ndarray, list, tuple)):

@@ -18,15 +18,24 @@ import onnx
 import onnx_ir as ir
 from tqdm.auto import tqdm
 
-from graphc.nn.parameter import Parameter
+from graphc.errors import GraphcError
+from graphc.nn.parameter import Parameter, mark_values_changed, requires_grad_version
 from graphc.optim import Optimizer
 from graphc.program import build_model, to_proto
 from graphc.random import RNG_KEY, key_for_step
 from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
+from passes.state_layout import per_parameter_state, regroup_state
 from passes.training_step import build_training_step
 from runtime.atomic import atomic_write
-from runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from runtime.checkpoint import (
+    CheckpointError,
+    check_optimizer,
+    check_training_metadata,
+    load_checkpoint,
+    plain_hparams,
+    save_checkpoint,
+)
 from runtime.training_session import NonFiniteLossError, TrainingSession
 
 __all__ = ["Trainer", "NonFiniteLossError", "CheckpointError"]
@@ -78,31 +87,75 @@ class Trainer:
         self.optimizer = optimizer
         self.seed = seed
         self.input_names = [t.name for t in inputs]
-        outputs = {"loss": loss, **dict(metrics or {})}
+        self._build_args = dict(loss=loss, inputs=list(inputs), metrics=dict(metrics or {}),
+                                max_grad_norm=max_grad_norm, fuse_update=fuse_update)
+        self._session_args = dict(provider=provider, nan_policy=nan_policy, threads=threads,
+                                  io_binding=io_binding)
+        self._parked: dict[str, np.ndarray] = {}  # optimizer state of parameters frozen since the build
+        self._build()
+        self.last_metrics: dict[str, np.ndarray] = {}
+        self._loader = None
+        optimizer._lr_listeners.append(lambda lr: self.session.set_input("lr", lr))
+
+    def _build(self) -> None:
+        """Build the step for the parameters that require grad now, and its session.
+
+        On a rebuild (a parameter was frozen or unfrozen since), every piece of state carries over:
+        parameters, BatchNorm statistics, step, and each parameter's optimizer slots (a frozen
+        parameter's slots are kept aside until it trains again, as torch.optim keeps them).
+        """
+        args, optimizer = self._build_args, self.optimizer
+        outputs = {"loss": args["loss"], **args["metrics"]}
         updates = updates_computed_with(list(outputs.values()))
         update_outputs = {f"graphc.state_update.{i}": u.value for i, u in enumerate(updates)}
-        forward = build_model(list(inputs), {**outputs, **update_outputs}, doc_string="graphc training step",
+        forward = build_model(args["inputs"], {**outputs, **update_outputs}, doc_string="graphc training step",
                               allow_random=True)
         self._random = RNG_KEY in [v.name for v in forward.graph.inputs]
         names = self._graph_names(forward, optimizer.params)
+        if not names:
+            raise GraphcError(f"none of the {len(optimizer.params)} parameters of the optimizer reach the loss: "
+                              f"it was built over another model's parameters (pass model.parameters() of the "
+                              f"model that computes the loss)")
+        trained = {k: v for k, v in names.items() if self._by_id(k).requires_grad}
+        if not trained:
+            raise GraphcError("every parameter of the optimizer that reaches the loss is frozen "
+                              "(requires_grad=False): there is nothing to train")
+        frozen = [v for k, v in names.items() if k not in trained]
         state_names = self._graph_names(forward, [u.buffer for u in updates])
         state_updates = {state_names[id(u.buffer)]: key for u, key in zip(updates, update_outputs)}
-        step = build_training_step(forward, list(names.values()), optimizer.config, max_grad_norm=max_grad_norm,
-                                   fuse_update=fuse_update, state_updates=state_updates)
+        step = build_training_step(forward, list(trained.values()), optimizer.config,
+                                   max_grad_norm=args["max_grad_norm"], fuse_update=args["fuse_update"],
+                                   state_updates=state_updates, frozen=frozen)
         step.model.doc_string = ("graphc training step: forward, backward and optimizer update in standard "
                                  "ai.onnx ops. Inputs: batch, parameters, optimizer state, step, lr; "
                                  "outputs: loss, metrics, then '<input>.updated' for every carried input.")
-        self.step_model: onnx.ModelProto = to_proto(step.model)
-        self.session = TrainingSession(self.step_model, step.initial_values, provider, nan_policy, threads,
-                                       io_binding)
-        self.metric_names = step.extra_outputs + (["grad_norm"] if max_grad_norm is not None else [])
-        self.last_metrics: dict[str, np.ndarray] = {}
-        self._loader = None
+        initial = dict(step.initial_values)
+        old = getattr(self, "session", None)
+        if old is not None:
+            current = per_parameter_state({n: old.read(n) for n in old.state_names()}, self._flat_layouts)
+            carried = {n: v for n, v in initial.items() if n in dict(step.state_pairs)}
+            values, unused = regroup_state({**self._parked, **current}, carried, step.flat_layouts)
+            initial.update(values)
+        step_model: onnx.ModelProto = to_proto(step.model)
+        session = TrainingSession(step_model, initial, **self._session_args)
+        if old is not None:
+            session.skipped_steps = old.skipped_steps
+            self._parked = unused
+        self.step_model, self.session, self._flat_layouts = step_model, session, step.flat_layouts
+        self._built_for = requires_grad_version()
+        self.metric_names = step.extra_outputs + (["grad_norm"] if args["max_grad_norm"] is not None else [])
         live = _LiveParameters(self.session, {**names, **state_names})
         for param in [*optimizer.params, *(u.buffer for u in updates)]:
             if id(param) in live.names:
                 param._live = live
-        optimizer._lr_listeners.append(lambda lr: self.session.set_input("lr", lr))
+
+    def _by_id(self, key: int) -> Parameter:
+        return next(p for p in self.optimizer.params if id(p) == key)
+
+    def _follow_requires_grad(self) -> None:
+        """Rebuild the step when a parameter was frozen or unfrozen since the last build."""
+        if self._built_for != requires_grad_version():
+            self._build()
 
     @staticmethod
     def _graph_names(forward: ir.Model, params: Sequence[Parameter]) -> dict[int, str]:
@@ -117,10 +170,12 @@ class Trainer:
     # ---- stepping -------------------------------------------------------
     def step(self, feeds: Mapping[str, np.ndarray]) -> float:
         """One training step (forward, backward, update) on a batch; returns the loss."""
+        self._follow_requires_grad()
         feeds = dict(feeds)
         if self._random:
             feeds[RNG_KEY] = key_for_step(self.seed, self.steps_done)
         results = self.session.run(feeds)
+        mark_values_changed()  # compiled Programs take the new parameter values at their next run
         loss = results.pop("loss")
         results.pop("grad_sum", None)  # the runtime's finiteness check, not a user metric
         self.last_metrics = results
@@ -184,58 +239,76 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------
     def save_checkpoint(self, path, loader=None) -> None:
-        """Atomically save parameters, optimizer state, step, lr, seed and (if any) the data position.
+        """Atomically save parameters, optimizer state and hyperparameters, step, lr, seed, the lr
+        schedulers' states and (if any) the data position.
 
-        ``loader`` defaults to the DataLoader last driven by ``fit``.
+        ``loader`` defaults to the one last driven by ``fit``; its position is saved when it has
+        ``state_dict``/``load_state_dict`` (a DataLoader), not for a plain list of batches.
         """
         loader = loader if loader is not None else self._loader
+        resumable = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
         arrays = {name: self.session.read(name) for name in self.session.state_names()}
         metadata = {
             "steps_done": self.steps_done,
             "lr": float(self.optimizer.lr),
             "seed": self.seed,
-            "optimizer": {"kind": self.optimizer.config.kind,
-                          "hparams": {k: list(v) if isinstance(v, tuple) else v
-                                      for k, v in self.optimizer.hparams.items() if k != "lr"}},
+            "optimizer": {"kind": self.optimizer.config.kind, "hparams": plain_hparams(self.optimizer.hparams)},
             "skipped_steps": self.skipped_steps,
-            "data": loader.state_dict() if loader is not None else None,
+            "data": loader.state_dict() if resumable else None,
+            "schedulers": [s.state_dict() for s in self.optimizer._schedulers],
         }
+        check_training_metadata(path, metadata)  # never write a checkpoint that load_checkpoint would refuse
         save_checkpoint(path, arrays, metadata)
 
     def load_checkpoint(self, path, loader=None) -> None:
         """Restore a checkpoint; everything is verified before anything changes.
 
-        Names, shapes, dtypes, checksums and the optimizer must match this
-        Trainer; otherwise ``CheckpointError`` says what differs and the
-        trainer, the model and ``loader`` keep their state.
+        Names, shapes, dtypes, checksums, every metadata field, the optimizer and its
+        hyperparameters, the schedulers' states and the data position must fit this Trainer;
+        otherwise ``CheckpointError`` says what differs and the trainer, the model, the
+        schedulers and ``loader`` keep their state.
         """
         loader = loader if loader is not None else self._loader
-        arrays, metadata = load_checkpoint(path)
-        expected = {name: self.session.read(name) for name in self.session.state_names()}
-        missing = sorted(set(expected) - set(arrays))
-        unexpected = sorted(set(arrays) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {path!r} does not fit this trainer: missing {missing}, "
-                                  f"unexpected {unexpected}")
-        for name, current in expected.items():
-            if arrays[name].shape != current.shape or arrays[name].dtype != current.dtype:
-                raise CheckpointError(f"checkpoint {path!r}: {name!r} is {arrays[name].dtype} "
-                                      f"{arrays[name].shape}, this trainer has {current.dtype} {current.shape}")
-        kind = metadata.get("optimizer", {}).get("kind")
-        if kind != self.optimizer.config.kind:
-            raise CheckpointError(f"checkpoint {path!r} was saved with optimizer {kind!r}, this trainer uses "
-                                  f"{self.optimizer.config.kind!r}")
-        if loader is not None and metadata.get("data") is not None:
-            loader.load_state_dict(metadata["data"])  # validates before changing the loader
+        expected = {}
+        for name in self.session.state_names():
+            current = self.session.read(name)
+            expected[name] = (current.dtype, current.shape)
+        arrays, metadata = load_checkpoint(path, expected=expected)  # names/shapes checked before decompressing
+        meta = check_training_metadata(path, metadata)
+        check_optimizer(path, meta["optimizer"], self.optimizer.config.kind, self.optimizer.hparams)
+        if "step" in arrays and int(arrays["step"]) != meta["steps_done"]:
+            raise CheckpointError(f"checkpoint {str(path)!r}: the step array says {int(arrays['step'])}, the "
+                                  f"metadata says steps_done={meta['steps_done']} (inconsistent)")
+        schedulers = self.optimizer._schedulers
+        if len(meta["schedulers"]) != len(schedulers):
+            raise CheckpointError(f"checkpoint {str(path)!r} holds {len(meta['schedulers'])} lr scheduler state(s), "
+                                  f"this optimizer has {len(schedulers)} scheduler(s) attached")
+        for index, (scheduler, state) in enumerate(zip(schedulers, meta["schedulers"])):
+            try:
+                scheduler.check_state_dict(state)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {str(path)!r}: scheduler {index} "
+                                      f"({type(scheduler).__name__}): {exc}") from None
+        if meta["data"] is not None and hasattr(loader, "load_state_dict"):
+            try:  # the first change, and DataLoader validates before changing: a refusal leaves all as it was
+                loader.load_state_dict(meta["data"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {str(path)!r}: the data position does not fit this loader: "
+                                      f"{exc}") from None
         for name, array in arrays.items():
             self.session.write(name, array)
-        self.optimizer.lr = metadata.get("lr", self.optimizer.lr)
-        self.seed = int(metadata.get("seed", self.seed))  # dropout masks continue the saved stream
-        self.session.skipped_steps = int(metadata.get("skipped_steps", 0))
+        if "step" not in arrays:  # no optimizer slot counts steps (plain SGD): the host count is the step
+            self.session.steps = meta["steps_done"]
+        self.optimizer.lr = meta["lr"]
+        self.seed = meta["seed"]  # dropout masks continue the saved stream
+        self.session.skipped_steps = meta["skipped_steps"]
+        for scheduler, state in zip(schedulers, meta["schedulers"]):
+            scheduler.load_state_dict(state)
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:
         """The training step with the current parameters, state, step and lr as initializers."""
+        self._follow_requires_grad()
         model = copy.deepcopy(self.step_model)
         graph = model.graph
         values = {name: self.session.read(name) for name in self.session.state_names()}

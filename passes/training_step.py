@@ -46,6 +46,9 @@ class TrainingStep:
     initial_values: dict[str, np.ndarray]  # the starting value of every state input
     batch_inputs: list[str]
     extra_outputs: list[str]  # metrics after the loss
+    # For each flat optimizer update (``optimizer.small``, ``optimizer``): the parameters laid out in its
+    # ``<prefix>.<slot>`` inputs, with their sizes, so state can be split per parameter and regrouped.
+    flat_layouts: dict[str, list[tuple[str, int]]]
 
 
 def _scalar_input(name: str, dtype: ir.DataType) -> ir.Value:
@@ -105,7 +108,7 @@ def _apply_per_parameter(e, graph, scalars, optimizer, params, grads, initial):
     return pairs, updated
 
 
-def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, prefix: str = "optimizer"):
+def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts, prefix: str = "optimizer"):
     """One update over all parameters concatenated (a multi-tensor apply).
 
     Optimizer math is element-wise, so updating the concatenation equals
@@ -116,6 +119,7 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, prefix: st
     """
     slots_of, update = OPTIMIZERS[optimizer.kind]
     sizes = [int(np.prod(initial[p.name].shape)) for p in params]
+    layouts[prefix] = [(p.name, size) for p, size in zip(params, sizes)]
     total = sum(sizes)
     flat_shape = ir.Shape([total])
     minus_one = e.ints([-1])
@@ -138,14 +142,17 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, prefix: st
 
 def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
                         loss: str = "loss", max_grad_norm: float | None = None,
-                        fuse_update: bool = False, state_updates: dict[str, str] | None = None) -> TrainingStep:
+                        fuse_update: bool = False, state_updates: dict[str, str] | None = None,
+                        frozen: list[str] = ()) -> TrainingStep:
     """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step.
 
     ``fuse_update`` applies the optimizer to all parameters at once (see ``_apply_flat``); off by
     default, since it measured no faster on the 2-core CPU (see graphc.Trainer).
     ``state_updates`` maps initializers that are non-gradient state (BatchNorm running
     statistics) to the forward outputs holding their next values; they are carried like
-    optimizer state.
+    optimizer state. ``frozen`` names parameters (``requires_grad=False``) that become carried inputs
+    the optimizer never changes and autodiff never differentiates, so they stay readable and writable
+    between steps without a gradient being computed.
     """
     state_updates = dict(state_updates or {})
     graph = forward.graph
@@ -160,6 +167,7 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
 
     initial: dict[str, np.ndarray] = {}
     params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in trainable]
+    frozen_params = [_initializer_to_input(graph, name, initial, "frozen parameter") for name in frozen]
 
     dtype = params[0].dtype if params else ir.DataType.FLOAT
     step = _scalar_input("step", ir.DataType.INT64)
@@ -172,7 +180,7 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     e = Emitter("train")
     all_grads, _ = vjp([loss_value], params, emitter=e, unreachable="none")
     # As torch.optim, parameters the loss does not reach (detached, unused) are not updated at all.
-    frozen = [p for p, g in zip(params, all_grads) if g is None]
+    frozen = frozen_params + [p for p, g in zip(params, all_grads) if g is None]
     params, grads = [p for p in params if p not in frozen], [g for g in all_grads if g is not None]
     new_outputs: list[ir.Value] = [loss_value] + [outputs[n] for n in extra_outputs]
     if max_grad_norm is not None and grads:
@@ -191,9 +199,10 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     next_step.name = "step" + UPDATED
     next_step.type, next_step.shape = step.type, step.shape
     scalars = StepScalars(e, next_step, lr, dtype)
+    layouts: dict[str, list[tuple[str, int]]] = {}
     flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
     if flat:
-        pairs, updated = _apply_flat(e, graph, scalars, optimizer, params, grads, initial)
+        pairs, updated = _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts)
     else:
         small = [i for i, p in enumerate(params) if int(np.prod(initial[p.name].shape)) <= SMALL_PARAMETER]
         if len(small) < 2 or len({params[i].dtype for i in small}) != 1:
@@ -203,7 +212,8 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
                                               [grads[i] for i in big], initial)
         if small:
             more_pairs, more_updated = _apply_flat(e, graph, scalars, optimizer, [params[i] for i in small],
-                                                   [grads[i] for i in small], initial, prefix="optimizer.small")
+                                                   [grads[i] for i in small], initial, layouts,
+                                                   prefix="optimizer.small")
             pairs += more_pairs
             updated += more_updated
     for param in frozen:
@@ -221,4 +231,4 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), FuseGradientSumsPass(),
                     TopologicalSortPass(), NameFixPass()):
         cleanup(forward)
-    return TrainingStep(forward, pairs, initial, batch_inputs, extra_outputs)
+    return TrainingStep(forward, pairs, initial, batch_inputs, extra_outputs, layouts)

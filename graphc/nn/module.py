@@ -8,6 +8,7 @@ so a PyTorch ``state_dict`` converted to numpy loads as is.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
@@ -22,6 +23,24 @@ def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+class RemovableHandle:
+    """What ``register_forward_hook`` returns: ``remove()`` unregisters the hook (also as a context manager)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks: dict):
+        self.hooks, self.id = hooks, next(RemovableHandle._ids)
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
+
+    def __enter__(self) -> "RemovableHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
 
 
 class Module:
@@ -54,15 +73,55 @@ class Module:
         self._buffers[name].value.name = name
         object.__setattr__(self, name, self._buffers[name])
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (``False``) or unfreeze every parameter of this module and its children, as in PyTorch.
+
+        >>> from graphc import nn
+        >>> layer = nn.Linear(2, 2).requires_grad_(False)
+        >>> [p.requires_grad for p in layer.parameters()]
+        [False, False]
+        """
+        for param in self.parameters():
+            param.requires_grad = requires_grad
+        return self
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        hooks = self.__dict__.get("_forward_hooks", {})
+        for hook in [h for kind, h in hooks.values() if kind == "pre"]:
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
         _tensor._scope_stack.append(self._scope_name or type(self).__name__)
         try:
-            return self.forward(*args, **kwargs)
+            output = self.forward(*args, **kwargs)
         finally:
             _tensor._scope_stack.pop()
+        for hook in [h for kind, h in hooks.values() if kind == "post"]:
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def register_forward_pre_hook(self, hook) -> "RemovableHandle":
+        """``hook(module, args)`` runs before ``forward``; a non-None result replaces ``args`` (as in PyTorch)."""
+        return self._add_hook("pre", hook)
+
+    def register_forward_hook(self, hook) -> "RemovableHandle":
+        """``hook(module, args, output)`` runs after ``forward`` (at build time, on symbolic tensors);
+        a non-None result replaces the output, as in PyTorch. ``handle.remove()`` unregisters it."""
+        return self._add_hook("post", hook)
+
+    def _add_hook(self, kind: str, hook) -> "RemovableHandle":
+        if not callable(hook):
+            raise TypeError(f"a forward hook must be callable, got {type(hook).__name__}")
+        if "_forward_hooks" not in self.__dict__:  # kept out of __init__ so subclasses need nothing new
+            object.__setattr__(self, "_forward_hooks", OrderedDict())
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = (kind, hook)
+        return handle
 
     # ---- traversal ----------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -137,10 +196,15 @@ class Module:
         return missing, unexpected
 
     def __repr__(self) -> str:
-        lines = [f"{type(self).__name__}({self.extra_repr()}"]
-        for name, child in self._modules.items():
-            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
-        return lines[0] + (")" if len(lines) == 1 else "\n" + "\n".join(lines[1:]) + "\n)")
+        """As ``torch.nn.Module.__repr__``: a one-line extra_repr inline, else one indented line per entry."""
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        if len(extra_lines) == 1 and not child_lines:
+            return f"{type(self).__name__}({extra_lines[0]})"
+        lines = extra_lines + child_lines
+        body = "\n  " + "\n  ".join(lines) + "\n" if lines else ""
+        return f"{type(self).__name__}({body})"
 
     def extra_repr(self) -> str:
         return ""

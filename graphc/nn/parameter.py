@@ -9,6 +9,26 @@ from graphc.dtypes import to_ir_dtype
 from graphc.tensor import Tensor, _to_ir_shape
 
 
+# Two process-wide counters, read per run/step (a compare of two ints):
+# - the values version moves whenever any parameter's value may have changed (a training step, an
+#   assignment to ``.data``, a checkpoint load), so a compiled Program knows it must take new values;
+# - the requires_grad version moves whenever a parameter is frozen or unfrozen, so a Trainer knows it
+#   must rebuild its step for the new set of trained parameters.
+_versions = {"values": 0, "requires_grad": 0}
+
+
+def values_version() -> int:
+    return _versions["values"]
+
+
+def mark_values_changed() -> None:
+    _versions["values"] += 1
+
+
+def requires_grad_version() -> int:
+    return _versions["requires_grad"]
+
+
 class Parameter(Tensor):
     """A named leaf Tensor with data; ``gc.compile`` writes it as an initializer.
 
@@ -29,6 +49,23 @@ class Parameter(Tensor):
         self._live = None  # set by a Trainer: an object with read(param) and write(param, array)
 
     @property
+    def requires_grad(self) -> bool:
+        """``False`` freezes the parameter, as in PyTorch: no gradient, never changed by an optimizer."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag: bool) -> None:
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"parameter {self.name!r}: requires_grad must be a bool, got {flag!r}")
+        if getattr(self, "_requires_grad", None) != bool(flag):
+            _versions["requires_grad"] += 1
+        self._requires_grad = bool(flag)
+
+    def requires_grad_(self, flag: bool = True) -> "Parameter":
+        self.requires_grad = flag
+        return self
+
+    @property
     def data(self) -> np.ndarray:
         if self._live is not None:
             return self._live.read(self)
@@ -43,6 +80,7 @@ class Parameter(Tensor):
         self._data = array
         if self._live is not None:
             self._live.write(self, array)
+        mark_values_changed()
 
     def numpy(self) -> np.ndarray:
         return np.array(self.data, copy=True)
