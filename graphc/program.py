@@ -18,6 +18,7 @@ from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
 from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
+from runtime.run_errors import run_session
 from runtime.training_session import create_session
 
 
@@ -134,7 +135,8 @@ class Program:
         if self._random and RNG_KEY not in feeds:
             feeds[RNG_KEY] = _random.draw_key()
         checked = check_feeds(self._specs, feeds)
-        return dict(zip(self._output_names, session.run(self._output_names, checked)))
+        # run_session: class-index targets checked, ONNX Runtime failures as RunError naming the user's line
+        return dict(zip(self._output_names, run_session(session, self._output_names, checked, self.model, "program")))
 
     def __call__(self, **feeds) -> dict[str, np.ndarray]:
         return self.run(feeds)

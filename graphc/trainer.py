@@ -36,7 +36,7 @@ from runtime.checkpoint import (
     plain_hparams,
     save_checkpoint,
 )
-from runtime.training_session import NonFiniteLossError, TrainingSession
+from runtime.training_session import GRAD_CHECK, NonFiniteLossError, TrainingSession
 
 __all__ = ["Trainer", "NonFiniteLossError", "CheckpointError"]
 
@@ -169,15 +169,29 @@ class Trainer:
 
     # ---- stepping -------------------------------------------------------
     def step(self, feeds: Mapping[str, np.ndarray]) -> float:
-        """One training step (forward, backward, update) on a batch; returns the loss."""
+        """One training step (forward, backward, update) on a batch; returns the loss.
+
+        ``feeds`` is a dict by input name, or a tuple/list in the order of ``inputs`` (as ``fit`` takes
+        batches). A step that fails (bad feeds, a RunError, a non-finite loss) changes nothing.
+        """
         self._follow_requires_grad()
-        feeds = dict(feeds)
+        if isinstance(feeds, (tuple, list)):
+            if len(feeds) != len(self.input_names):
+                raise ValueError(f"trainer.step got a {type(feeds).__name__} of {len(feeds)} arrays; expected "
+                                 f"{len(self.input_names)}, in the order of inputs {self.input_names} (or a dict "
+                                 f"by input name)")
+            feeds = dict(zip(self.input_names, feeds))
+        elif isinstance(feeds, Mapping):
+            feeds = dict(feeds)
+        else:
+            raise TypeError(f"trainer.step expects a dict {{input name: array}} or a tuple in the order of "
+                            f"inputs {self.input_names}, got {type(feeds).__name__}")
         if self._random:
             feeds[RNG_KEY] = key_for_step(self.seed, self.steps_done)
         results = self.session.run(feeds)
         mark_values_changed()  # compiled Programs take the new parameter values at their next run
         loss = results.pop("loss")
-        results.pop("grad_sum", None)  # the runtime's finiteness check, not a user metric
+        results.pop(GRAD_CHECK, None)  # the runtime's finiteness check, not a user metric
         self.last_metrics = results
         return float(loss)
 
@@ -245,6 +259,7 @@ class Trainer:
         ``loader`` defaults to the one last driven by ``fit``; its position is saved when it has
         ``state_dict``/``load_state_dict`` (a DataLoader), not for a plain list of batches.
         """
+        self._follow_requires_grad()
         loader = loader if loader is not None else self._loader
         resumable = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
         arrays = {name: self.session.read(name) for name in self.session.state_names()}
@@ -268,6 +283,7 @@ class Trainer:
         otherwise ``CheckpointError`` says what differs and the trainer, the model, the
         schedulers and ``loader`` keep their state.
         """
+        self._follow_requires_grad()  # the state inputs depend on which parameters are frozen
         loader = loader if loader is not None else self._loader
         expected = {}
         for name in self.session.state_names():
@@ -304,6 +320,7 @@ class Trainer:
         self.session.skipped_steps = meta["skipped_steps"]
         for scheduler, state in zip(schedulers, meta["schedulers"]):
             scheduler.load_state_dict(state)
+        mark_values_changed()  # compiled Programs take the restored parameters at their next run
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:
