@@ -11,14 +11,23 @@ and ``runtime`` (ONNX Runtime sessions); neither of those imports ``graphc``.
 from graphc import data, nn, optim
 from graphc.autograd import grad
 from graphc.errors import GraphcError, ShapeError
+from graphc.history import History, plot_history
 from graphc.ops import clip, concat, stack, where
+from graphc.ops import cat, cumsum, full, full_like, ones, ones_like, zeros, zeros_like
+from graphc.summary import ModelSummary, summary
 from graphc.program import Program, compile
 from graphc.random import manual_seed
 from graphc.tensor import Tensor, constant, input
 from graphc.trainer import CheckpointError, NonFiniteLossError, Trainer
+from graphc.user_messages import SymbolicValueError
+from graphc.user_messages import module_getattr as _module_getattr
+from runtime.run_errors import RunError
+
+__getattr__ = _module_getattr(__name__, "gc.")  # gc.foo: "graphc has no gc.foo; ... gc has: ..."
 
 __version__ = "0.1.0"
 
 __all__ = ["data", "nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
-           "concat", "stack", "where", "clip", "GraphcError", "ShapeError", "NonFiniteLossError", "CheckpointError",
-           "__version__"]
+           "concat", "stack", "where", "clip", "cat", "cumsum", "zeros", "ones", "full", "zeros_like", "ones_like",
+           "full_like", "summary", "ModelSummary", "GraphcError", "ShapeError", "NonFiniteLossError", "CheckpointError",
+           "RunError", "SymbolicValueError", "History", "plot_history", "__version__"]

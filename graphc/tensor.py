@@ -102,10 +102,10 @@ class Tensor:
         """``torch.Tensor.size``: the shape, or one dim (an int, or a :class:`SymDim` naming a symbolic dim)."""
         if dim is None:
             return self.shape
-        if not isinstance(dim, int) or isinstance(dim, bool) or not -self.ndim <= dim < self.ndim:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or not -self.ndim <= dim < self.ndim:
             raise IndexError(f"size(): dim {dim!r} is out of range for a tensor of shape {self.shape} "
                              f"(expected an int in [{-self.ndim}, {self.ndim - 1}])")
-        return self.shape[dim]
+        return self.shape[int(dim)]
 
     def numel(self):
         """The number of elements: an int when the shape is static, else a 0-d int64 Tensor computed at run time.

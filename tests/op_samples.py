@@ -409,6 +409,31 @@ row("concat_same_input_twice", lambda a: gc.concat([a, a * 2.0], 0), [In("a", (2
     lambda a: np.concatenate([a, a * 2.0], 0), ["Concat"])
 row("stack", lambda a, b: gc.stack([a, b], 1), [In("a", (2, 3)), In("b", (2, 3))],
     lambda a, b: np.stack([a, b], 1), ["Concat", "Unsqueeze"])
+row("cat_alias", lambda a, b: gc.cat((a, b), dim=0), [In("a", (1, 3)), In("b", (2, 3))],
+    lambda a, b: np.concatenate([a, b], 0), ["Concat"])
+
+# ---- running sums and constants sized by symbolic dims -------------------
+row("cumsum_dim1", lambda a: gc.cumsum(a, 1), [In("a", (2, 4, 3))], lambda a: np.cumsum(a, 1), ["CumSum"])
+row("cumsum_method_negative_dim_symbolic", lambda a: a.cumsum(-1) * a,
+    [In("a", (3, 5), decl=("batch", 5))], lambda a: np.cumsum(a, -1) * a, ["CumSum"])
+row("cumsum_exclusive_reverse",
+    lambda a: emit("CumSum", [a, gc.constant(np.int64(0))], {"exclusive": 1, "reverse": 1},
+                   shape=a.shape, dtype=a.dtype),
+    [In("a", (4, 2))], lambda a: np.flip(np.cumsum(np.flip(a, 0), 0), 0) - a, ["CumSum"])
+row("cumsum_exclusive", lambda a: emit("CumSum", [a, gc.constant(np.int64(1))], {"exclusive": 1},
+                                       shape=a.shape, dtype=a.dtype),
+    [In("a", (2, 4))], lambda a: np.cumsum(a, 1) - a, ["CumSum"])
+row("clamp_method_tensor_bounds", lambda a, lo, hi: a.clamp(lo, hi),
+    [In("a", (3, 4), lattice(0.5, 0.0, 0.03)), In("lo", (4,), lattice(0.5, 0.15, 0.03)),
+     In("hi", (3, 1), lattice(0.5, 0.3, 0.03))],
+    lambda a, lo, hi: np.minimum(np.maximum(a, lo), hi), ["Max", "Min"])
+row("clamp_min_method", lambda a: a.clamp_min(0.1), [In("a", (2, 3), avoiding([0.1], 0.05))],
+    lambda a: np.maximum(a, 0.1), ["Clip"])
+row("zeros_sized_by_batch", lambda a: gc.concat([a, gc.zeros((a.size(0), 2), dtype="float64")], 1),
+    [In("a", (3, 2), decl=("batch", 2))], lambda a: np.concatenate([a, np.zeros((3, 2))], 1),
+    ["ConstantOfShape", "Shape", "Concat"])
+row("full_like_symbolic", lambda a: a * gc.full_like(a, 2.5) + gc.ones_like(a),
+    [In("a", (3, 2), decl=("batch", 2))], lambda a: a * 2.5 + 1.0, ["ConstantOfShape"])
 
 for name, key, shape, decl in (
         ("slice_range", np.s_[1:3], (4, 3), None),
@@ -547,6 +572,12 @@ row("mse_loss_symbolic_batch", F.mse_loss, [In("x", (3, 2), decl=("batch", 2)), 
 row("binary_cross_entropy_weight", lambda p, y, w: F.binary_cross_entropy(p, y, w),
     [In("p", (2, 3), uniform(0.05, 0.95)), In("y", (2, 3), fixed([[0.0, 1, 1], [1, 0, 0]])), In("w", (2, 3))],
     torch_loss("binary_cross_entropy", 0, 1, weight=Arg(2)), ["Log", "Clip"])
+for reduction in ("mean", "none"):
+    row(f"binary_cross_entropy_with_logits_{reduction}",
+        lambda x, y, w, r=reduction: F.binary_cross_entropy_with_logits(x, y, reduction=r, pos_weight=w),
+        [In("x", (3, 4), normal(3.0)), In("y", (3, 4), uniform(0.0, 1.0)), In("w", (4,), uniform(0.5, 2.0))],
+        torch_loss("binary_cross_entropy_with_logits", 0, 1, reduction=reduction, pos_weight=Arg(2)),
+        ["Where", "Exp", "Log"])
 row("nll_loss_symbolic_classes", lambda x, t: F.nll_loss(x, t, reduction="sum"),
     [In("x", (4, 3), decl=("batch", "classes")), In("t", (4,), classes(3, ignore=-100, ignored_at=[0]), "int64",
                                                     decl=("batch",))],
@@ -570,12 +601,15 @@ row("layer_norm_two_dims", lambda x: F.layer_norm(x, (3, 4)), [In("x", (2, 3, 4)
     torch_ref(lambda tf, x: tf.layer_norm(x, (3, 4))), ["ReduceMean"])
 row("embedding", F.embedding, [In("i", (2, 3), fixed([[0, 4, 4], [2, 0, 1]]), "int64"), In("w", (5, 3))],
     torch_ref(lambda tf, i, w: tf.embedding(i, w)), ["Gather"])
-row("embedding_padding_idx", lambda i, w: F.embedding(i, w, padding_idx=1),
+_ZERO_ROW_1 = np.array([[1.0], [0.0], [1.0], [1.0]])
+row("embedding_padding_idx", lambda i, w: F.embedding(i, w * gc.constant(_ZERO_ROW_1, dtype=w.dtype), padding_idx=1),
     [In("i", (4,), fixed([1, 3, 1, 0]), "int64"), In("w", (4, 2))],
-    lambda i, w: np.where((i == 1)[:, None], 0.0, w[i]), ["Gather"],
-    note="the padding row is masked in the output, so its gradient is zero as in PyTorch")
+    lambda i, w: np.where((i == 1)[:, None], 0.0, w[i]), ["Gather", "Where"],
+    note="the padding row zeroed as PyTorch initialises it, so finite differences see no dependence on it "
+         "either; that a stored non-zero padding row is returned as is yet gets no gradient (PyTorch's "
+         "semantics, which finite differences cannot check) is tested against torch in test_layers_more.py")
 
-# ---- spatial ops: ONNX Runtime's CPU Conv, ConvTranspose and AveragePool have no double kernels --------
+# ---- spatial ops: ONNX Runtime's CPU Conv, ConvTranspose, AveragePool and Resize have no double kernels --
 _CONV_X = In("x", (2, 2, 5, 5))
 row("conv2d_bias_padding", lambda x, w, b: F.conv2d(x, w, b, padding=1),
     [_CONV_X, In("w", (3, 2, 3, 3)), In("b", (3,))],
@@ -593,6 +627,59 @@ row("conv2d_groups_dilation", lambda x, w, b: F.conv2d(x, w, b, padding=(2, 1), 
 row("conv2d_symbolic_batch_same", lambda x, w: F.conv2d(x, w, padding="same"),
     [In("x", (2, 1, 4, 4), decl=("batch", 1, 4, 4)), In("w", (2, 1, 3, 3))],
     torch_ref(lambda tf, x, w: tf.conv2d(x, w, padding="same")), ["Conv"], ort_float64=False)
+row("conv1d_stride_padding_bias", lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1),
+    [In("x", (2, 2, 7)), In("w", (3, 2, 3)), In("b", (3,))],
+    torch_ref(lambda tf, x, w, b: tf.conv1d(x, w, b, stride=2, padding=1)), ["Conv"], ort_float64=False,
+    note="dW by patches + MatMul (3 taps, 3 out channels)")
+row("conv1d_dilation_more_taps_than_out", lambda x, w: F.conv1d(x, w, dilation=2, stride=2),
+    [In("x", (2, 2, 12)), In("w", (2, 2, 4))],
+    torch_ref(lambda tf, x, w: tf.conv1d(x, w, dilation=2, stride=2)), ["Conv"], ort_float64=False,
+    note="dW by the transposed-batch Conv (4 taps > 2 out channels); stride 2 leaves the last input unread")
+row("conv1d_groups_same_symbolic_batch", lambda x, w: F.conv1d(x, w, groups=2, padding="same"),
+    [In("x", (2, 4, 6), decl=("batch", 4, 6)), In("w", (4, 2, 2))],
+    torch_ref(lambda tf, x, w: tf.conv1d(x, w, groups=2, padding="same")), ["Conv"], ort_float64=False)
+row("conv_transpose2d_stride2_output_padding_bias",
+    lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
+    [In("x", (2, 2, 3, 3)), In("w", (2, 3, 3, 3)), In("b", (3,))],
+    torch_ref(lambda tf, x, w, b: tf.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1)),
+    ["ConvTranspose"], ort_float64=False, note="9 taps > 2 input channels: dW by the transposed-batch Conv")
+row("conv_transpose2d_groups_dilation_rect",
+    lambda x, w: F.conv_transpose2d(x, w, stride=(2, 1), padding=(2, 1), output_padding=(1, 0), groups=2,
+                                    dilation=(2, 3)),
+    [In("x", (1, 4, 3, 4)), In("w", (4, 2, 3, 2))],
+    torch_ref(lambda tf, x, w: tf.conv_transpose2d(x, w, stride=(2, 1), padding=(2, 1), output_padding=(1, 0),
+                                                    groups=2, dilation=(2, 3))),
+    ["ConvTranspose"], ort_float64=False, note="grouped: dW by patches + MatMul")
+row("conv_transpose2d_output_padding_past_the_end",
+    lambda x, w: F.conv_transpose2d(x, w, stride=3, output_padding=2),
+    [In("x", (1, 2, 2, 3), decl=("batch", 2, 2, 3)), In("w", (2, 1, 2, 2))],
+    torch_ref(lambda tf, x, w: tf.conv_transpose2d(x, w, stride=3, output_padding=2)), ["ConvTranspose"],
+    ort_float64=False, note="the last output rows/cols are beyond every input's reach: the rule crops them")
+row("conv_transpose2d_stride_equals_kernel_bias", lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2),
+    [In("x", (2, 3, 2, 3)), In("w", (3, 4, 2, 2)), In("b", (4,))],
+    torch_ref(lambda tf, x, w, b: tf.conv_transpose2d(x, w, b, stride=2)), ["ConvTranspose"],
+    ort_float64=False, note="an UNet decoder's 2x upsampling; 4 taps > 3 channels: transposed-batch dW")
+row("interpolate_nearest_scale2_symbolic_batch", lambda x: F.interpolate(x, scale_factor=2),
+    [In("x", (2, 2, 2, 3), decl=("batch", 2, 2, 3))],
+    torch_ref(lambda tf, x: tf.interpolate(x, scale_factor=2)), ["Resize"], ort_float64=False,
+    note="integer repeats: the gradient is a Reshape + ReduceSum")
+row("interpolate_nearest_size_uneven", lambda x: F.interpolate(x, size=(5, 2)), [In("x", (1, 2, 3, 4))],
+    torch_ref(lambda tf, x: tf.interpolate(x, size=(5, 2))), ["Resize"], ort_float64=False,
+    note="up along H, down along W: the gradient contracts with an interpolation matrix per axis")
+row("interpolate_nearest_exact", lambda x: F.interpolate(x, scale_factor=(1.5, 0.5), mode="nearest-exact"),
+    [In("x", (1, 1, 4, 6))],
+    torch_ref(lambda tf, x: tf.interpolate(x, scale_factor=(1.5, 0.5), mode="nearest-exact")), ["Resize"],
+    ort_float64=False)
+row("interpolate_bilinear_scale2", lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"),
+    [In("x", (2, 2, 3, 3))],
+    torch_ref(lambda tf, x: tf.interpolate(x, scale_factor=2, mode="bilinear")), ["Resize"], ort_float64=False)
+row("interpolate_bilinear_align_corners_size", lambda x: F.interpolate(x, size=(4, 2), mode="bilinear",
+                                                                       align_corners=True),
+    [In("x", (1, 2, 3, 5))],
+    torch_ref(lambda tf, x: tf.interpolate(x, size=(4, 2), mode="bilinear", align_corners=True)), ["Resize"],
+    ort_float64=False)
+row("interpolate_linear_downsample", lambda x: F.interpolate(x, size=3, mode="linear"), [In("x", (2, 2, 7))],
+    torch_ref(lambda tf, x: tf.interpolate(x, size=3, mode="linear")), ["Resize"], ort_float64=False)
 row("max_pool2d", lambda x: F.max_pool2d(x, 2), [In("x", (2, 2, 4, 4), distinct(0.1))],
     torch_ref(lambda tf, x: tf.max_pool2d(x, 2)), ["MaxPool"])
 row("max_pool2d_overlapping_padded", lambda x: F.max_pool2d(x, 3, stride=2, padding=1),

@@ -51,3 +51,14 @@ def _reduce_extreme_vjp(ctx: VJPContext):
 
 register_vjp("ReduceMax")(_reduce_extreme_vjp)
 register_vjp("ReduceMin")(_reduce_extreme_vjp)
+
+
+@register_vjp("CumSum")
+def cumsum_vjp(ctx: VJPContext):
+    """CumSum(x, axis; exclusive, reverse) -> y;  dx = CumSum(g, axis; exclusive, reverse=1-reverse).
+
+    y_i = sum of x_j over j <= i (j < i when exclusive), so dx_j = sum of g_i over i >= j (i > j):
+    the same running sum taken from the other end.
+    """
+    attrs = {"exclusive": ctx.attr("exclusive", 0), "reverse": 1 - ctx.attr("reverse", 0)}
+    return [ctx.op("CumSum", [ctx.g, ctx.inputs[1]], attrs), None]
