@@ -134,16 +134,22 @@ def dtype_name(dtype) -> str:
 
 # ---------------------------------------------------------------- reading files
 
-def read_input_file(path, name: str, dtype=None) -> np.ndarray:
-    """The array in path for input `name`; dtype is the model's, used to convert .json numbers."""
+def read_input_file(path, name: str, dtype=None, spec: InputSpec | None = None) -> np.ndarray:
+    """The array in path for input `name`; dtype is the model's, used to convert .json numbers.
+
+    With the model's InputSpec, a .npy/.npz header whose rank or fixed dims do not fit is refused
+    before any data is read or inflated (a small .npz can inflate to gigabytes).
+    """
     path = Path(path)
+    if dtype is None and spec is not None:
+        dtype = spec.dtype
     _check_regular_file(path, name)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return _read_npy(path, name)
+            return _read_npy(path, name, spec)
         if suffix == ".npz":
-            return _read_npz(path, name)
+            return _read_npz(path, name, spec)
         if suffix == ".json":
             return _read_json(path, name, dtype)
     except OSError as exc:
@@ -162,8 +168,9 @@ def _check_regular_file(path: Path, name: str) -> None:
         raise InputError(f"input {name!r}: {path} is not a regular file")
 
 
-def _read_npy_header(stream, size: int, what: str, name: str):
-    """(shape, fortran, dtype) after checking dtype and that `size` bytes hold the data."""
+def _read_npy_header(stream, size: int, what: str, name: str, spec: InputSpec | None = None):
+    """(shape, fortran, dtype) after checking dims, dtype, the model's rank and fixed dims (spec),
+    and that `size` bytes hold the data."""
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
@@ -172,10 +179,19 @@ def _read_npy_header(stream, size: int, what: str, name: str):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             shape, fortran, dtype = np.lib.format._read_array_header(stream, version)
-    except (ValueError, EOFError, SyntaxError, TypeError, AttributeError) as exc:
+    except (ValueError, EOFError, SyntaxError, TypeError, AttributeError, OverflowError, MemoryError) as exc:
         raise InputError(f"input {name!r}: {what} is not a valid .npy array ({exc})") from None
+    # numpy accepts True and negative numbers as dims; neither describes an array.
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+        raise InputError(
+            f"input {name!r}: {what} is not a valid .npy array (its header's shape {shape!r} "
+            "is not a tuple of non-negative integers)"
+        )
     if dtype.hasobject:
         raise InputError(f"input {name!r}: {what} holds a Python object array, refused (loading it would unpickle)")
+    if spec is not None:
+        # A zero-strided stand-in of the header's shape: the feed checks run before any data exists.
+        _check_shape(spec, np.broadcast_to(np.zeros((), dtype), shape), {}, {})
     needed = math.prod(shape) * dtype.itemsize
     available = size - stream.tell()
     if needed > available:
@@ -186,16 +202,17 @@ def _read_npy_header(stream, size: int, what: str, name: str):
     return shape, fortran, dtype
 
 
-def _read_npy(path: Path, name: str) -> np.ndarray:
-    with open(path, "rb") as stream:
-        _read_npy_header(stream, os.fstat(stream.fileno()).st_size, str(path), name)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, EOFError) as exc:
-        raise InputError(f"input {name!r}: {path} is not a valid .npy array ({exc})") from None
+def _read_npy(path: Path, name: str, spec: InputSpec | None = None) -> np.ndarray:
+    with open(path, "rb") as stream:  # checked and read through one descriptor
+        _read_npy_header(stream, os.fstat(stream.fileno()).st_size, str(path), name, spec)
+        stream.seek(0)
+        try:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+        except (ValueError, EOFError) as exc:
+            raise InputError(f"input {name!r}: {path} is not a valid .npy array ({exc})") from None
 
 
-def _read_npz(path: Path, name: str) -> np.ndarray:
+def _read_npz(path: Path, name: str, spec: InputSpec | None = None) -> np.ndarray:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, ValueError) as exc:
@@ -213,10 +230,14 @@ def _read_npz(path: Path, name: str) -> np.ndarray:
             )
         what = f"{path}[{member.filename}]"
         try:
+            # member.file_size is the size the zip directory declares; the header must fit the model's
+            # input and its data fit that size before a byte of data is inflated.
             with archive.open(member) as stream:
-                _read_npy_header(stream, member.file_size, what, name)
+                _read_npy_header(stream, member.file_size, what, name, spec)
             with archive.open(member) as stream:
                 return np.lib.format.read_array(stream, allow_pickle=False)
+        except InputError:
+            raise  # already says what is wrong (InputError is a ValueError too)
         except (ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
             raise InputError(f"input {name!r}: {what} cannot be read ({exc})") from None
 

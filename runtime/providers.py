@@ -22,6 +22,12 @@ import tempfile
 
 import onnxruntime as ort
 
+# Telemetry off unless the user opted in: runtime/__init__.py sets ORT_DISABLE_TELEMETRY=1 before
+# onnxruntime is imported (that stops the queue file ONNX Runtime writes under ~/.cache at import);
+# this call also stops the events of a process that imported onnxruntime before graphc.
+if os.environ.get("ORT_DISABLE_TELEMETRY", "1").strip().lower() not in ("0", "false", "no", "off"):
+    ort.disable_telemetry_events()
+
 PROVIDER_CHOICES = ("cpu", "cuda", "auto")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -71,17 +77,27 @@ def check_session_providers(session, provider: str, native_log: str = "") -> Non
     )
 
 
+_announced: set[str] = set()  # providers "auto" already announced in this process
+
+
 def announce_auto_choice(session, provider: str, native_log: str = "") -> str | None:
-    """For provider "auto", say on stderr which provider the session got (and why not CUDA); returns the line."""
+    """For provider "auto", say on stderr which provider the session got (and why not CUDA); returns the line.
+
+    Said once per process and provider picked: a Trainer or Program builds several sessions, and the
+    user needs to read the choice once, not once per session (the line is still returned every time).
+    """
     if str(provider).lower() != "auto":
         return None
-    if CUDA in session.get_providers():
+    picked = "cuda" if CUDA in session.get_providers() else "cpu"
+    if picked == "cuda":
         line = "graphc: provider auto -> cuda (CUDAExecutionProvider)"
     else:
         reason = _cuda_failure_reason(native_log) if CUDA in ort.get_available_providers() else \
             "this ONNX Runtime build has no CUDA provider"
         line = f"graphc: provider auto -> cpu (CPUExecutionProvider){'; CUDA not used: ' + reason if reason else ''}"
-    print(line, file=sys.stderr)
+    if picked not in _announced and sys.stderr is not None:
+        _announced.add(picked)
+        print(line, file=sys.stderr)
     return line
 
 
@@ -120,7 +136,8 @@ def capture_native_stderr():
     """
     captured = _CapturedText()
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:  # None when the process started with fd 2 closed
+            sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):
         yield captured  # no usable fd 2 (embedded interpreter): capture nothing

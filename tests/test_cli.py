@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime import providers
 from runtime.cli import main, safe_file_names
 from runtime.model_loading import make_session
 from runtime.providers import ProviderError
@@ -353,7 +354,8 @@ def test_cuda_run_matches_numpy(tmp_path, model_path, x, capsys):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected(x), rtol=1e-5)
 
 
-def test_auto_provider_runs(tmp_path, model_path, x, capsys):
+def test_auto_provider_runs(tmp_path, model_path, x, capsys, monkeypatch):
+    monkeypatch.setattr(providers, "_announced", set())  # said once per process: as in a fresh `graphc` process
     np.save(tmp_path / "x.npy", x)
     code, _, err = run_cli(capsys, "run", model_path, "-i", f"x={tmp_path / 'x.npy'}", "-o", tmp_path, "--provider", "auto")
     assert code == 0, err

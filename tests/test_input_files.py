@@ -160,3 +160,59 @@ def test_json_values():
     assert json_to_array([[], []], np.float32).shape == (2, 0)
     assert json_to_array([True, False], np.bool_).tolist() == [True, False]
     assert json_to_array([[2.0, 3]], np.int64).tolist() == [[2, 3]]
+
+
+# ---------------------------------------------------------------- hostile files (issue 7, items 28 and 29)
+
+def _deflate_bomb(path, shape, name="x.npy"):
+    """An .npz whose member inflates to the full float32 array of `shape` (zeros) from a few hundred kB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            zeros, left = bytes(1 << 22), int(np.prod(shape)) * 4
+            while left:
+                member.write(zeros[:min(left, len(zeros))])
+                left -= min(left, len(zeros))
+    return path
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2**24,), "expected shape (batch, 4) float32, got (16777216,) float32: rank 1 is not 2"),
+    ((2**22, 5), "dim 1 is 5, expected 4"),
+])
+def test_npz_bomb_is_refused_by_the_model_shape_before_inflating(tmp_path, monkeypatch, shape, message):
+    path = _deflate_bomb(tmp_path / "bomb.npz", shape)
+    assert path.stat().st_size < 2**20  # 64 MiB of data inside
+
+    def inflate(*args, **kwargs):
+        raise AssertionError("the member's data was inflated")
+
+    monkeypatch.setattr(np.lib.format, "read_array", inflate)
+    spec = InputSpec("x", np.dtype(np.float32), ("batch", 4))
+    with pytest.raises(InputError) as info:
+        read_input_file(path, "x", spec=spec)
+    assert str(info.value).startswith("input 'x': expected shape") and message in str(info.value)
+
+
+def test_npy_shape_checked_against_the_model_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((3, 5), np.float32))
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **k: pytest.fail("data read"))
+    with pytest.raises(InputError, match=r"got \(3, 5\) float32: dim 1 is 5, expected 4"):
+        read_input_file(path, "x", spec=InputSpec("x", np.dtype(np.float32), ("batch", 4)))
+
+
+def test_npz_that_fits_the_model_is_read(tmp_path):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.savez_compressed(tmp_path / "x.npz", x=x)
+    got = read_input_file(tmp_path / "x.npz", "x", spec=InputSpec("x", np.dtype(np.float32), ("batch", 4)))
+    np.testing.assert_array_equal(got, x)
+
+
+@pytest.mark.parametrize("shape_text", ["(True, 4)", "(-1, 4)", "(2, -3)"])
+def test_npy_header_dims_must_be_non_negative_integers(tmp_path, shape_text):
+    header = ("{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape_text).ljust(117) + "\n"
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64)
+    with pytest.raises(InputError, match=r"its header's shape .* is not a tuple of non-negative integers"):
+        read_input_file(path, "x")

@@ -1,8 +1,10 @@
 """runtime.model_loading: bad model files, external-data escapes, providers."""
 
+import os
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -202,3 +204,69 @@ def test_auto_never_fails_for_want_of_cuda():
     session = make_session(model, "auto")
     assert session.get_providers()[-1] == "CPUExecutionProvider"
     np.testing.assert_array_equal(session.run(None, {"x": np.array([-1, 2], np.float32)})[0], [0, 2])
+
+
+# ---------------------------------------------------------------- hostile files (issue 7, items 29 and 30)
+
+def test_model_over_the_protobuf_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(helper.make_model(helper.make_graph([], "g", [], []), ir_version=10).SerializeToString())
+    os.truncate(path, 3 * 2**30)  # sparse: 3 GB on paper, nothing on disk
+
+    def read_bytes(self):
+        raise AssertionError(f"{self} was read")
+
+    monkeypatch.setattr(type(path), "read_bytes", read_bytes)
+    with pytest.raises(ModelLoadError, match=r"3221225472 bytes is over the 2 GiB limit"):
+        load_model(path)
+
+
+def _function_model(folder, location):
+    """A model calling local function F whose default attribute `value` is an external tensor W at location."""
+    weight = numpy_helper.from_array(W, "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value=location)
+    default = helper.make_attribute("value", weight)
+    body = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(W, "inline")),
+            helper.make_node("MatMul", ["a", "w"], ["b"])]
+    function = helper.make_function("local", "F", ["a"], ["b"], body, [helper.make_opsetid("", 21)])
+    function.attribute_proto.append(default)
+    graph = helper.make_graph([helper.make_node("F", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, functions=[function], ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("local", 1)])
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_function_attribute_defaults_are_checked(folders):
+    model_dir, _ = folders
+    with pytest.raises(ModelLoadError, match="tensor 'W' external data: location '../outside/w.bin' points outside"):
+        load_model(_function_model(model_dir, "../outside/w.bin"))
+
+
+def test_hard_link_to_a_file_outside_is_refused(folders):
+    model_dir, outside = folders
+    os.link(outside / "w.bin", model_dir / "w.bin")
+    with pytest.raises(ModelLoadError, match="'w.bin' has 2 hard links; expected 1"):
+        load_model(external_model(model_dir, "w.bin"))
+
+
+def test_file_swapped_after_the_check_is_never_read(folders, monkeypatch):
+    model_dir, _ = folders
+    (model_dir / "w.bin").write_bytes(W.tobytes())
+    path = external_model(model_dir, "w.bin")
+    real_session = ort.InferenceSession
+
+    def swap_then_load(*args, **kwargs):  # an attacker replaces the data file between our check and ORT's open
+        (model_dir / "other.bin").write_bytes((W * 100).tobytes())
+        os.replace(model_dir / "other.bin", model_dir / "w.bin")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", swap_then_load)
+    x = np.ones((2, 4), np.float32)
+    (y,) = make_session(path, "cpu").run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ W, rtol=1e-6)  # the bytes that were checked, not the swapped ones
