@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ import onnx_ir as ir
 from tqdm.auto import tqdm
 
 from graphc.errors import GraphcError
+from graphc.history import History, plot_history, require_matplotlib
 from graphc.nn.parameter import Parameter, mark_values_changed, requires_grad_version
 from graphc.optim import Optimizer
 from graphc.program import build_model, to_proto
@@ -203,37 +205,55 @@ class Trainer:
     def skipped_steps(self) -> int:
         return self.session.skipped_steps
 
+    @property
+    def history(self) -> History:
+        """Per-step and per-epoch records of the latest ``fit`` (empty before any); see ``graphc.history``."""
+        return self.__dict__.setdefault("_history", History())
+
     def fit(self, loader, epochs: int = 1, *, validate: Callable[[], dict] | None = None,
             monitor: str = "val_loss", mode: str = "min", patience: int | None = None,
-            progress: bool = True) -> list[dict]:
+            progress: bool = True, plot=None) -> list[dict]:
         """Train for ``epochs`` over ``loader`` with a progress bar; returns one record per epoch.
 
-        ``loader`` yields tuples in the order of ``inputs`` (or dicts by input
-        name). ``validate()`` returns metrics merged into each epoch's record;
-        with ``patience``, training stops early when ``monitor`` has not
-        improved (``mode`` "min" or "max") for that many epochs.
+        ``loader`` yields tuples in the order of ``inputs``, dicts by input name, or (one input) arrays.
+        ``validate()`` returns metrics merged into each epoch's record; with ``patience``, training stops
+        early when ``monitor`` has not improved (``mode`` "min" or "max") for that many epochs. An epoch
+        that applied no step (an empty or exhausted loader, every step skipped by ``nan_policy="skip"``)
+        has loss NaN, with a warning, and a NaN ``monitor`` value never counts as an improvement.
+        ``trainer.history`` keeps this fit's per-step and per-epoch records; ``plot="curves.png"`` writes
+        them as a figure when ``fit`` ends (needs matplotlib: ``pip install "graphc[plot]"``).
         """
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if plot is not None:
+            require_matplotlib()  # before training, not after an hour of it
         self._loader = loader
-        history: list[dict] = []
+        history = self.__dict__["_history"] = History()
         best, waited = None, 0
         for epoch in range(1, epochs + 1):
-            total, count = 0.0, 0
+            total, count, batches = 0.0, 0, 0
             bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False,
                        dynamic_ncols=True)
             for batch in bar:
-                feeds = batch if isinstance(batch, dict) else dict(zip(self.input_names, batch))
-                loss = self.step(feeds)
+                batches += 1
+                lr = float(self.optimizer.lr)
+                loss = self.step(batch if isinstance(batch, (dict, tuple, list)) else (batch,))
+                step_record = {"step": len(history.steps) + 1, "epoch": epoch, "loss": loss, "lr": lr,
+                               "skipped": not math.isfinite(loss)}
+                step_record.update({k: float(np.asarray(v).reshape(())) for k, v in self.last_metrics.items()
+                                    if np.size(v) == 1})
+                history.steps.append(step_record)
                 if math.isfinite(loss):  # a skipped non-finite step (nan_policy="skip") is not averaged in
                     total += loss
                     count += 1
                     if count % 10 == 0:
                         bar.set_postfix(loss=f"{total / count:.4f}")
-            record = {"epoch": epoch, "loss": total / max(count, 1)}
+            if count == 0:
+                self._warn_no_step(epoch, loader, batches)
+            record = {"epoch": epoch, "loss": total / count if count else math.nan}
             if validate is not None:
                 record.update(validate())
-            history.append(record)
+            history.epochs.append(record)
             if progress:
                 tqdm.write("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                      for k, v in record.items()))
@@ -241,7 +261,9 @@ class Trainer:
                 if monitor not in record:
                     raise KeyError(f"early stopping monitors {monitor!r}, but the epoch record has {sorted(record)}")
                 value = record[monitor]
-                if best is None or (value < best if mode == "min" else value > best):
+                improved = not (isinstance(value, float) and math.isnan(value)) and (
+                    best is None or (value < best if mode == "min" else value > best))
+                if improved:
                     best, waited = value, 0
                 else:
                     waited += 1
@@ -249,7 +271,21 @@ class Trainer:
                         if progress:
                             tqdm.write(f"early stopping: {monitor} did not improve for {patience} epochs")
                         break
-        return history
+        if plot is not None:
+            plot_history(history, plot)
+        return history.epochs
+
+    @staticmethod
+    def _warn_no_step(epoch: int, loader, batches: int) -> None:
+        if batches:
+            why = f"all {batches} steps had a non-finite loss and were skipped (nan_policy='skip')"
+        elif isinstance(loader, Iterator):  # not iter(loader): that would start a DataLoader epoch
+            why = ("the loader yielded no batches: it is an iterator (a generator?), exhausted after one pass; "
+                   "pass a DataLoader or a list to train several epochs")
+        else:
+            why = "the loader yielded no batches"
+        warnings.warn(f"fit: epoch {epoch} applied no training step ({why}); its loss is NaN", RuntimeWarning,
+                      stacklevel=3)
 
     # ---- checkpoints ------------------------------------------------------
     def save_checkpoint(self, path, loader=None) -> None:

@@ -32,32 +32,40 @@ class DataLoader:
     same keys; a single tuple/list of arrays behaves like passing them
     positionally. Batches are C-contiguous numpy arrays (they go straight to
     ONNX Runtime); unshuffled batches may be views of the input arrays.
+
+    A map-style dataset (any object with ``__len__`` and ``__getitem__``, as
+    ``torch.utils.data.DataLoader(MyDataset())`` takes) is batched by calling
+    ``dataset[i]`` per sample and stacking, as torch's default collate does:
+    samples that are tuples/lists of arrays give tuples of batches, dicts give
+    dicts, a single array (or number) gives one batch array. Every sample must
+    have the same structure, and within a batch the same shapes and dtypes.
     """
 
     def __init__(self, *arrays, batch_size: int = 1, shuffle: bool = False,
                  drop_last: bool = False, seed: int | None = None):
-        if len(arrays) == 1 and isinstance(arrays[0], Mapping):
+        self.dataset = None
+        self._structure: tuple | None = None  # the sample structure of a map-style dataset, once seen
+        if any(_is_dataset(a) for a in arrays) and len(arrays) > 1:
+            kind = type(next(a for a in arrays if _is_dataset(a))).__name__
+            raise ValueError(f"DataLoader: a map-style dataset ({kind}) must be passed alone (its __getitem__ "
+                             f"returns every field of a sample)")
+        if len(arrays) == 1 and _is_dataset(arrays[0]):
+            self.dataset = arrays[0]
+            self._keys, self._arrays = None, ()
+            num_samples = _dataset_len(self.dataset)
+        elif len(arrays) == 1 and isinstance(arrays[0], Mapping):
             self._keys: tuple | None = tuple(arrays[0].keys())
             arrays = tuple(arrays[0].values())
         else:
             if len(arrays) == 1 and isinstance(arrays[0], (tuple, list)):
                 arrays = tuple(arrays[0])
             self._keys = None
-        if not arrays:
-            raise ValueError("DataLoader needs at least one array")
-        self._arrays = tuple(np.asarray(a) for a in arrays)
-        names = self._keys or tuple(f"#{i}" for i in range(len(self._arrays)))
-        for name, a in zip(names, self._arrays):
-            if a.ndim == 0:
-                raise ValueError(f"DataLoader: array {name} is a scalar; arrays need a first (sample) dimension")
-        sizes = {name: a.shape[0] for name, a in zip(names, self._arrays)}
-        if len(set(sizes.values())) > 1:
-            listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            raise ValueError(f"DataLoader: arrays must share their first dimension, got sizes {listed}")
+        if self.dataset is None:
+            num_samples = self._init_arrays(arrays)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
 
-        self.num_samples = int(self._arrays[0].shape[0])
+        self.num_samples = num_samples
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -71,6 +79,24 @@ class DataLoader:
         self._order: np.ndarray | None = None
         self._resume = True  # next iter() continues (here: begins) epoch self._epoch
         self._live: object | None = None
+
+    def _init_arrays(self, arrays) -> int:
+        """Check and keep in-memory arrays; returns the number of samples."""
+        if not arrays:
+            raise ValueError("DataLoader needs at least one array")
+        self._arrays = tuple(np.asarray(a) for a in arrays)
+        names = self._keys or tuple(f"#{i}" for i in range(len(self._arrays)))
+        for name, a in zip(names, self._arrays):
+            if a.ndim == 0:
+                raise ValueError(f"DataLoader: array {name} is a scalar; arrays need a first (sample) dimension")
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"DataLoader: array {name} must hold numbers (bool, int or float), got dtype "
+                                 f"{a.dtype}; a dataset object needs __len__ and __getitem__")
+        sizes = {name: a.shape[0] for name, a in zip(names, self._arrays)}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+            raise ValueError(f"DataLoader: arrays must share their first dimension, got sizes {listed}")
+        return int(self._arrays[0].shape[0])
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
@@ -99,8 +125,44 @@ class DataLoader:
     def _take(self, b: int):
         start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
         index = slice(start, stop) if self._order is None else self._order[start:stop]
+        if self.dataset is not None:
+            return self._collate(range(start, stop) if self._order is None else index)
         batch = tuple(np.ascontiguousarray(a[index]) for a in self._arrays)
         return dict(zip(self._keys, batch)) if self._keys is not None else batch
+
+    def _collate(self, indices):
+        """Fetch ``dataset[i]`` for each index and stack them field by field (torch's default collate)."""
+        samples = []
+        for i in indices:
+            try:
+                samples.append(self.dataset[int(i)])
+            except Exception as error:
+                error.add_note(f"(raised by dataset[{int(i)}] of {type(self.dataset).__name__}, "
+                               f"fetched by DataLoader)")
+                raise
+        first = int(indices[0])
+        structure = _structure(samples[0])
+        if self._structure is None:
+            self._structure = (structure, first)
+        elif structure != self._structure[0]:
+            raise ValueError(f"DataLoader: dataset[{first}] returned {_describe(structure)}, but "
+                             f"dataset[{self._structure[1]}] returned {_describe(self._structure[0])}; every "
+                             f"sample must have the same structure")
+        fields = _fields(samples[0], structure)
+        columns = {key: [] for key in fields}
+        for i, sample in zip(indices, samples):
+            got = _structure(sample)
+            if got != structure:
+                raise ValueError(f"DataLoader: dataset[{int(i)}] returned {_describe(got)}, but dataset[{first}] "
+                                 f"returned {_describe(structure)}; every sample must have the same structure")
+            for key, value in _fields(sample, structure).items():
+                columns[key].append(value)
+        stacked = {key: _stack(values, key, [int(i) for i in indices]) for key, values in columns.items()}
+        if structure[0] == "array":
+            return stacked[None]
+        if structure[0] == "dict":
+            return stacked
+        return tuple(stacked.values())
 
     def __iter__(self) -> Iterator[Any]:
         token = object()
@@ -165,6 +227,67 @@ class DataLoader:
         self._order = None
         self._resume = True
         self._live = None
+
+
+def _is_dataset(obj) -> bool:
+    """A map-style dataset: indexable with a length, and not something numpy reads as an array."""
+    return (hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not hasattr(obj, "__array__")
+            and not isinstance(obj, (np.ndarray, Mapping, tuple, list, str, bytes)))
+
+
+def _dataset_len(dataset) -> int:
+    try:
+        n = len(dataset)
+    except Exception as error:
+        raise ValueError(f"DataLoader: len() of the dataset ({type(dataset).__name__}) failed: {error}") from error
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"DataLoader: len() of the dataset ({type(dataset).__name__}) must be an integer >= 0, "
+                         f"got {n!r}")
+    return int(n)
+
+
+def _structure(sample) -> tuple:
+    """("tuple", n) | ("dict", keys) | ("array",): what a sample is, to check every sample agrees."""
+    if isinstance(sample, (tuple, list)):
+        return ("tuple", len(sample))
+    if isinstance(sample, Mapping):
+        return ("dict", tuple(sample.keys()))
+    return ("array",)
+
+
+def _describe(structure: tuple) -> str:
+    if structure[0] == "tuple":
+        return f"a tuple of {structure[1]} items"
+    if structure[0] == "dict":
+        return f"a dict with keys {list(structure[1])}"
+    return "a single array"
+
+
+def _fields(sample, structure: tuple) -> dict:
+    if structure[0] == "tuple":
+        return {f"item {k}": v for k, v in enumerate(sample)}
+    if structure[0] == "dict":
+        return {key: sample[key] for key in structure[1]}
+    return {None: sample}
+
+
+def _stack(values: list, key, indices: list[int]) -> np.ndarray:
+    """One batch array from one field of each sample; shapes and dtypes must agree."""
+    where = "" if key is None else (f"{key} of " if isinstance(key, str) and key.startswith("item ") else
+                                    f"key {key!r} of ")
+    arrays = []
+    for i, value in zip(indices, values):
+        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"DataLoader: {where}dataset[{i}] is {type(value).__name__} "
+                             f"(dtype {array.dtype}); samples must hold numbers (arrays, ints or floats)")
+        arrays.append(array)
+    for i, array in zip(indices, arrays):
+        if array.shape != arrays[0].shape or array.dtype != arrays[0].dtype:
+            raise ValueError(f"DataLoader: {where}dataset[{i}] has shape {array.shape} and dtype {array.dtype}, "
+                             f"but {where}dataset[{indices[0]}] has shape {arrays[0].shape} and dtype "
+                             f"{arrays[0].dtype}; samples batched together must match")
+    return np.ascontiguousarray(np.stack(arrays))
 
 
 def _plain(obj):

@@ -15,6 +15,7 @@ build their sessions through these helpers.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -37,6 +38,26 @@ class ProviderError(Exception):
     """The requested execution provider cannot be used; the message says why."""
 
 
+_preloaded: list[bool] = []
+
+
+def _preload_nvidia_libraries() -> None:
+    """Load CUDA/cuDNN from NVIDIA's pip wheels (``pip install -e ".[cuda]"``) once per process.
+
+    Those libraries live under site-packages, not on the loader's path, so without this the CUDA
+    provider fails to load on a machine with no system CUDA. What is missing is reported later, by
+    the session itself (check_session_providers), so this stays quiet.
+    """
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded.append(True)
+    with contextlib.redirect_stdout(io.StringIO()), capture_native_stderr():
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - a best effort; the session creation says what is missing
+            pass
+
+
 def resolve_providers(provider: str) -> list[str]:
     """The ONNX Runtime provider list for "cpu", "cuda" or "auto".
 
@@ -51,6 +72,7 @@ def resolve_providers(provider: str) -> list[str]:
     if choice == "cpu":
         return [CPU]
     if CUDA in available:
+        _preload_nvidia_libraries()
         return [CUDA, CPU]
     if choice == "cuda":
         raise ProviderError(

@@ -172,3 +172,140 @@ def test_load_state_dict_validation():
         a.load_state_dict({**state, "batch": 6})
     with pytest.raises(ValueError, match="PCG64 generator state"):
         a.load_state_dict({**state, "rng_state": {"bit_generator": "MT19937"}})
+
+
+# ---- map-style datasets (objects with __len__ and __getitem__, as torch.utils.data.Dataset) ----------------
+class PairDataset:
+    """Sample i is (x_i, y_i): x_i = [i, i + 0.5] as float32, y_i = i as a Python int."""
+
+    def __init__(self, n=10):
+        self.n = n
+        self.calls = []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.calls.append(i)
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return np.array([i, i + 0.5], dtype=np.float32), i
+
+
+def test_map_style_dataset_batches_like_arrays():
+    n = 11
+    X = np.stack([np.array([i, i + 0.5], dtype=np.float32) for i in range(n)])
+    y = np.arange(n)
+    for kwargs in (dict(batch_size=4), dict(batch_size=3, shuffle=True, seed=5), dict(batch_size=4, drop_last=True)):
+        ours = list(DataLoader(PairDataset(n), **kwargs))
+        reference = list(DataLoader(X, y, **kwargs))
+        assert len(ours) == len(reference) == len(DataLoader(PairDataset(n), **kwargs))
+        for (xb, yb), (xr, yr) in zip(ours, reference):
+            assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.flags.c_contiguous
+            np.testing.assert_array_equal(xb, xr)
+            np.testing.assert_array_equal(yb, yr)
+
+
+def test_map_style_dataset_matches_torch_dataloader_order_free_collate():
+    torch = pytest.importorskip("torch")
+    ds = PairDataset(7)
+    theirs = [tuple(t.numpy() for t in b) for b in torch.utils.data.DataLoader(ds, batch_size=3)]
+    ours = list(DataLoader(ds, batch_size=3))
+    for (xb, yb), (xt, yt) in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(xb, xt)
+        np.testing.assert_array_equal(yb, yt)
+
+
+def test_map_style_single_array_and_dict_samples():
+    class Single:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return np.full((2, 2), i, dtype=np.float32)
+
+    class Dicts:
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"x": np.full(3, i, dtype=np.float32), "y": i % 2}
+
+    batches = list(DataLoader(Single(), batch_size=2))
+    assert [b.shape for b in batches] == [(2, 2, 2), (2, 2, 2), (1, 2, 2)]  # arrays, as torch yields tensors
+    np.testing.assert_array_equal(batches[2], np.full((1, 2, 2), 4))
+    batches = list(DataLoader(Dicts(), batch_size=3))
+    assert list(batches[0]) == ["x", "y"]
+    np.testing.assert_array_equal(batches[1]["x"], [[3, 3, 3], [4, 4, 4]])
+    np.testing.assert_array_equal(batches[1]["y"], [1, 0])
+
+
+def test_map_style_dataset_fetches_only_what_each_batch_needs_and_resumes():
+    ds = PairDataset(10)
+    loader = DataLoader(ds, batch_size=4, shuffle=True, seed=3)
+    it = iter(loader)
+    first = next(it)
+    assert len(ds.calls) == 4
+    state = json.loads(json.dumps(loader.state_dict()))
+    rest = [b[1].tolist() for b in it]
+    resumed = DataLoader(PairDataset(10), batch_size=4, shuffle=True, seed=0)
+    resumed.load_state_dict(state)
+    assert [b[1].tolist() for b in resumed] == rest
+    assert sorted(first[1].tolist() + sum(rest, [])) == list(range(10))
+
+
+def test_empty_map_style_dataset_yields_no_batches():
+    assert list(DataLoader(PairDataset(0), batch_size=2)) == []
+
+
+class Inconsistent:
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        good = (np.zeros(3, np.float32), 1)
+        return self.bad if i == 4 else good
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((np.zeros(3, np.float32), 1, 2), r"dataset\[4\] returned a tuple of 3 items, but dataset\[(0|3)\] returned a "
+                                      r"tuple of 2 items; every sample must have the same structure"),
+    (np.zeros(3, np.float32), r"dataset\[4\] returned a single array, but dataset\[(0|3)\] returned a tuple of 2"),
+    ((np.zeros(4, np.float32), 1), r"item 0 of dataset\[\d\] has shape \(\d,\) and dtype float32, but item 0 of "
+                                   r"dataset\[4\] has shape \(4,\) and dtype float32; samples batched together must "
+                                   r"match|item 0 of dataset\[4\] has shape \(4,\) and dtype float32, but item 0 of "
+                                   r"dataset\[3\] has shape \(3,\)"),
+    ((np.zeros(3, np.float64), 1), r"dataset\[4\] has shape \(3,\) and dtype float64"),
+    ((np.zeros(3, np.float32), "cat"), r"item 1 of dataset\[4\] is str \(dtype <U3\); samples must hold numbers"),
+    ((np.zeros(3, np.float32), None), r"item 1 of dataset\[4\] is NoneType"),
+])
+def test_inconsistent_samples_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        list(DataLoader(Inconsistent(bad), batch_size=3))
+    with pytest.raises(ValueError, match=message):  # the same when the bad sample opens a later batch
+        list(DataLoader(Inconsistent(bad), batch_size=2))
+
+
+def test_dataset_errors_name_the_index_and_the_dataset():
+    class Short(PairDataset):
+        def __len__(self):
+            return 12  # claims more samples than __getitem__ serves
+
+    with pytest.raises(IndexError) as info:
+        list(DataLoader(Short(10), batch_size=4))
+    assert "raised by dataset[10] of Short, fetched by DataLoader" in "".join(info.value.__notes__)
+
+    class BadLen(PairDataset):
+        def __len__(self):
+            return -1
+
+    with pytest.raises(ValueError, match=r"len\(\) of the dataset \(BadLen\) failed: __len__\(\) should return >= 0"):
+        DataLoader(BadLen())
+    with pytest.raises(ValueError, match=r"a map-style dataset \(PairDataset\) must be passed alone"):
+        DataLoader(PairDataset(), np.arange(10))
+    with pytest.raises(ValueError, match="array #0 must hold numbers .* got dtype object; a dataset object needs "
+                                         "__len__ and __getitem__"):
+        DataLoader(np.array([object()] * 3))

@@ -9,6 +9,9 @@ from graphc import random as _random
 from graphc.dtypes import is_floating
 from graphc.errors import shape_error
 from graphc.tensor import Tensor, emit
+from graphc.user_messages import module_getattr as _module_getattr
+
+__getattr__ = _module_getattr(__name__, "F.")  # F.unfold: "graphc has no F.unfold; ... F has: ..."
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -115,6 +118,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore
                                            for a, b in zip(target.shape, expected)):
         raise shape_error("nll_loss", f"target shape {ops.fmt(target.shape)} does not match input "
                                       f"{ops.fmt(input.shape)} (expected {ops.fmt(expected)})")
+    if weight is not None:
+        weight = _class_weight("nll_loss", weight, input)
     target = ops.cast(target, "int64")
     inputs = [input, target] + ([weight] if weight is not None else [])
     shape = () if reduction != "none" else expected
@@ -135,6 +140,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     ()
     """
     _check_reduction("cross_entropy", reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise shape_error("cross_entropy", f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if weight is not None and input.ndim > 1:
+        weight = _class_weight("cross_entropy", weight, input)
     logp = log_softmax(input, 1 if input.ndim > 1 else 0)
     if is_floating(target.dtype):
         if target.shape != input.shape:
@@ -240,9 +249,77 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _reduce(loss, reduction)
 
 
+def _weight_like(op: str, name: str, weight, input: Tensor) -> Tensor:
+    """A weight given as a Tensor, or as an array/list (converted to a constant of ``input``'s dtype)."""
+    if isinstance(weight, Tensor):
+        return weight
+    array = np.asarray(weight.detach().cpu().numpy() if hasattr(weight, "detach") else weight)
+    if array.dtype.kind not in "biuf" or not np.all(np.isfinite(array)):
+        raise shape_error(op, f"{name} must be finite numbers, got {array!r:.200}")
+    return ops.constant(array, dtype=input.dtype)
+
+
+def _class_weight(op: str, weight, input: Tensor) -> Tensor:
+    """A (C,) class weight for an (N, C, ...) input: arrays converted, the length checked at build time
+    (ONNX Runtime would otherwise fail at run time, or read out of bounds)."""
+    weight = _weight_like(op, "weight", weight, input)
+    classes = input.shape[1]
+    if weight.ndim != 1 or (isinstance(classes, int) and isinstance(weight.shape[0], int)
+                            and weight.shape[0] != classes):
+        raise shape_error(op, f"weight must be ({classes},): one value per class of input {ops.fmt(input.shape)}, "
+                              f"got {ops.fmt(weight.shape)}")
+    return weight
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight=None, size_average=None, reduce=None,
+                                     reduction: str = "mean", pos_weight=None) -> Tensor:
+    """Sigmoid + binary cross-entropy in one numerically stable expression, as PyTorch computes it:
+
+        loss = (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x),  then * weight, then reduced;
+        softplus(-x) = max(-x, 0) + log(1 + exp(-|x|))  (no overflow for any x).
+
+    d/dx = (1 + (pw - 1) t) sigmoid(x) - pw t; the branches are written with ``where`` on x > 0 so that
+    the slope at x = 0 is the true one (-1/2 for softplus), not an Abs/Relu kink's 0. ``pos_weight``
+    broadcasts along the last (class) dim; ``size_average``/``reduce`` are PyTorch's deprecated spellings.
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> F.binary_cross_entropy_with_logits(gc.input("z", ("batch", 3)), gc.input("t", ("batch", 3))).shape
+    ()
+    """
+    op = "binary_cross_entropy_with_logits"
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(op, reduction)
+    if not is_floating(input.dtype) or not is_floating(target.dtype):
+        raise shape_error(op, f"input and target must be floating point (probabilities as the target), got "
+                              f"{input.dtype} and {target.dtype}")
+    _same_shape(op, input, target)
+    positive = ops.compare("Greater", input, 0.0)
+    # softplus(-x): where x > 0, log(1 + exp(-x)); else -x + log(1 + exp(x)); exp's argument is always <= 0
+    softplus_neg = ops.add(ops.where(positive, 0.0, ops.neg(input)),
+                           ops.unary("Log", ops.add(ops.unary("Exp", ops.where(positive, ops.neg(input), input)),
+                                                    1.0)))
+    if pos_weight is not None:
+        pos_weight = _weight_like(op, "pos_weight", pos_weight, input)
+        log_weight = ops.add(ops.mul(ops.sub(pos_weight, 1.0), target), 1.0)
+        softplus_neg = ops.mul(log_weight, softplus_neg)
+    loss = ops.add(ops.mul(ops.sub(1.0, target), input), softplus_neg)
+    if weight is not None:
+        loss = ops.mul(loss, _weight_like(op, "weight", weight, input))
+    return _reduce(loss, reduction)
+
+
+def legacy_reduction(size_average, reduce, reduction: str) -> str:
+    """PyTorch's deprecated ``size_average``/``reduce`` flags mapped to ``reduction`` (as ``_Reduction``)."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "none" if not reduce else ("mean" if size_average else "sum")
+
+
 # ---- more activations (compositions: their gradients come from the primitives' rules) ----
-def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
-    """x if x > 0 else negative_slope * x."""
+def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """x if x > 0 else negative_slope * x (``inplace`` is accepted; a graph has no in-place ops)."""
     return ops.where(ops.compare("Greater", x, 0.0), x, ops.mul(x, float(negative_slope)))
 
 
@@ -271,22 +348,41 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 
 
 # ---- embedding and normalisation -------------------------------------------------------
-def embedding(indices: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+def embedding(indices: Tensor, weight: Tensor, padding_idx: int | None = None, max_norm: float | None = None,
+              norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """Rows of ``weight`` (num, dim) picked by int ``indices`` (ONNX Gather; gradient scatter-adds rows).
 
-    Rows at ``padding_idx`` get no gradient: their output is multiplied by a 0/1 mask, which equals
-    PyTorch's output as long as that row is zero (as PyTorch initialises it).
+    Rows at ``padding_idx`` (negative counts from the end) get no gradient, as in PyTorch:
+    Where(index == padding_idx, detach(rows), rows) returns the row as stored, zero or not, and
+    lets no gradient into it. ``sparse`` is accepted (the gradient is dense here);
+    ``max_norm`` and ``scale_grad_by_freq`` are refused.
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> F.embedding(gc.input("i", ("batch", 7), "int64"), gc.constant(np.zeros((10, 3), np.float32))).shape
+    ('batch', 7, 3)
     """
     if indices.dtype.kind not in "iu":
         raise shape_error("embedding", f"indices must be integers, got {indices.dtype}")
     if weight.ndim != 2:
         raise shape_error("embedding", f"weight must be (num_embeddings, dim), got {ops.fmt(weight.shape)}")
+    if max_norm is not None or scale_grad_by_freq:
+        raise shape_error("embedding", f"max_norm={max_norm!r} and scale_grad_by_freq={scale_grad_by_freq!r} "
+                                       f"are not supported (expected None and False)")
     out = emit("Gather", [weight, ops.cast(indices, "int64")], {"axis": 0},
                shape=indices.shape + (weight.shape[1],), dtype=weight.dtype)
     if padding_idx is None:
         return out
-    keep = ops.cast(ops.compare("Equal", ops.compare("Equal", indices, int(padding_idx)), False), weight.dtype)
-    return ops.mul(out, ops.unsqueeze(keep, -1))
+    num = weight.shape[0]
+    if isinstance(num, int):
+        if not -num <= padding_idx < num:
+            raise shape_error("embedding", f"padding_idx must be within num_embeddings [{-num}, {num}), "
+                                           f"got {padding_idx}")
+        padding_idx %= num
+    elif padding_idx < 0:
+        raise shape_error("embedding", f"a negative padding_idx needs a static num_embeddings, got weight "
+                                       f"{ops.fmt(weight.shape)}")
+    is_pad = ops.unsqueeze(ops.compare("Equal", indices, int(padding_idx)), -1)
+    return ops.where(is_pad, ops.stop_gradient(out), out)
 
 
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -310,10 +406,14 @@ from graphc.nn.functional_spatial import (  # noqa: E402  (re-exported: torch.nn
     adaptive_avg_pool2d,
     avg_pool2d,
     batch_norm,
+    conv1d,
     conv2d,
+    conv_transpose2d,
+    interpolate,
     max_pool2d,
 )
 
 __all__ = ["relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "linear", "nll_loss", "cross_entropy",
-           "mse_loss", "l1_loss", "binary_cross_entropy", "leaky_relu", "elu", "softplus", "gelu", "embedding",
-           "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm"]
+           "mse_loss", "l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "leaky_relu", "elu",
+           "softplus", "gelu", "embedding", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+           "batch_norm", "conv1d", "conv_transpose2d", "interpolate"]
