@@ -7,7 +7,7 @@ parameters are initializers. Output: a model whose
   state slot (``<param>.<slot>``), ``step`` (int64 scalar, steps done so far)
   and ``lr`` (float scalar, so schedules need no rebuild);
 - outputs are ``loss``, any extra forward outputs (metrics), optional
-  ``grad_norm``, ``grad_sum`` (non-finite when any gradient is), then
+  ``grad_norm``, ``grad_check`` (0 when every gradient element is finite, else NaN), then
   ``<name>.updated`` for every parameter, slot and ``step``.
 
 ``state_pairs`` says which output feeds which input at the next step; the same
@@ -36,7 +36,7 @@ from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
 
 UPDATED = ".updated"
 SMALL_PARAMETER = 4096  # parameters up to this many elements share one flat update (fewer tiny ops)
-GRAD_SUM = "grad_sum"  # an output: the sum of all gradients, non-finite when any gradient is
+GRAD_CHECK = "grad_check"  # an output: 0 when every gradient element is finite, NaN otherwise
 
 
 @dataclass
@@ -62,6 +62,22 @@ def _global_norm_clip(e: Emitter, grads: list[ir.Value], max_norm: float, dtype:
     c = lambda v: e.const(np.asarray(v, dtype=dtype.numpy()))  # noqa: E731
     coef = e.op("Min", [e.op("Div", [c(max_norm), e.op("Add", [norm, c(1e-6)])]), c(1.0)])
     return [e.op("Mul", [g, coef]) for g in grads], norm
+
+
+def _finiteness_check(e: Emitter, grads: list[ir.Value], dtype: ir.DataType) -> ir.Value:
+    """``grad_check``: the sum over all gradients of ``g * 0``: 0 when every element is finite, else NaN.
+
+    Summing the gradients themselves overflowed for large but finite ones (float32 sums above 3.4e38
+    read as Inf), refusing good steps. ``g * 0`` is 0 for finite g and NaN for NaN or +-Inf (IEEE 754),
+    so the sum is exactly 0 or NaN whatever the magnitudes; a Mul and a ReduceSum per gradient.
+    The runtime refuses the step when it is not 0.
+    """
+    zero = e.const(np.asarray(0, dtype=dtype.numpy()))
+    sums = [e.op("ReduceSum", [e.op("Mul", [g, zero])], {"keepdims": 0}) for g in grads]
+    check = sums[0] if len(sums) == 1 else e.op("Sum", sums)
+    check.name = GRAD_CHECK
+    check.type, check.shape = ir.TensorType(dtype), ir.Shape([])
+    return check
 
 
 def _carry(e: Emitter, source: ir.Value, result: ir.Value, pairs: list, updated: list) -> None:
@@ -188,12 +204,8 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
         norm.name = "grad_norm"
         norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
         new_outputs.append(norm)
-    if grads:  # NaN/Inf in any gradient makes this sum non-finite: the runtime then refuses the step
-        sums = [e.op("ReduceSum", [g], {"keepdims": 0}) for g in grads]
-        grad_sum = sums[0] if len(sums) == 1 else e.op("Sum", sums)
-        grad_sum.name = GRAD_SUM
-        grad_sum.type, grad_sum.shape = ir.TensorType(dtype), ir.Shape([])
-        new_outputs.append(grad_sum)
+    if grads:
+        new_outputs.append(_finiteness_check(e, grads, dtype))
 
     next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
     next_step.name = "step" + UPDATED

@@ -10,15 +10,23 @@ at the next step. Between steps the state never leaves the execution device:
   outputs go to a second, pre-allocated set (double buffering) and the sets
   swap after a good step. Only the loss (and metrics) come back to the host.
 
-A non-finite loss leaves the state as it was before the step (the new values
-are simply not adopted) and raises :class:`NonFiniteLossError`, or, with
-``nan_policy="skip"``, is counted and skipped.
+A non-finite loss or gradient leaves the state as it was before the step
+(the new values are simply not adopted) and raises
+:class:`NonFiniteLossError`, or, with ``nan_policy="skip"``, is counted and
+skipped. A step that fails in ONNX Runtime raises ``runtime.run_errors.RunError``
+(naming the graphc operation and the user's line) and changes nothing either.
+
+Adoption is one reference swap: the current state and the step count live
+together in one immutable record (:class:`_Adopted`), replaced by a single
+assignment after a good step, so an interrupt (Ctrl-C) anywhere leaves either
+the old state or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -29,12 +37,12 @@ from runtime.providers import (
     announce_auto_choice,
     capture_native_stderr,
     check_session_providers,
-    clean_ort_message,
     resolve_providers,
 )
+from runtime.run_errors import class_index_check, quiet_run_options, run_session, translate
 
 
-GRAD_SUM = "grad_sum"  # the training step's output that is non-finite when any gradient is
+GRAD_CHECK = "grad_check"  # the step's output that is 0 when every gradient element is finite, else NaN
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,6 +99,14 @@ class _FastFeedCheck:
         return {k: np.require(v, requirements="C") for k, v in checked.items()}  # keeps 0-d arrays 0-d
 
 
+class _Adopted(NamedTuple):
+    """The adopted state, replaced whole: never mutated, so one assignment switches old -> new."""
+
+    arrays: dict | None  # plain-feeds path: state input name -> array
+    buffer: int  # IOBinding path: index of the buffer set holding the current state
+    steps: int  # host mirror of the "step" input: no device read per step
+
+
 class TrainingSession:
     """Owns the ONNX Runtime session of a training step and the state carried between steps."""
 
@@ -104,7 +120,7 @@ class TrainingSession:
         self.provider = provider
         self.nan_policy = nan_policy
         self.skipped_steps = 0
-        self.steps = int(initial_values.get("step", 0))  # host mirror of the "step" input: no device read per step
+        self._model = model  # to name the failing operation when a step fails in ONNX Runtime
         self.session = create_session(model, provider, threads)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         # IOBinding keeps state in OrtValues on the device (required on CUDA); on CPU plain feeds measured
@@ -114,6 +130,7 @@ class TrainingSession:
         state_inputs = {i for i, _ in self.state_pairs}
         specs = [s for s in input_specs(model) if s.name in set(self.batch_inputs)]
         self._check = _FastFeedCheck(specs)
+        self._class_check = class_index_check(self.session, model)  # for the bound path; run_session has its own
         self._source_of = {out: inp for inp, out in self.state_pairs}
         self._result_names = [n for n in self.output_names if n not in self._source_of]
         missing = state_inputs - set(initial_values)
@@ -121,10 +138,26 @@ class TrainingSession:
             raise ValueError(f"no initial value for state inputs {sorted(missing)}")
         self._dtypes = {name: initial_values[name].dtype for name in state_inputs}
         self._extra_inputs = {k: np.asarray(v) for k, v in initial_values.items() if k not in state_inputs}
+        steps = int(initial_values.get("step", 0))
         if self.io_binding:
             self._init_bound(initial_values)
+            self._now = _Adopted(None, 0, steps)
         else:
-            self.state = {name: np.array(initial_values[name], copy=True) for name in state_inputs}
+            self._now = _Adopted({name: np.array(initial_values[name], copy=True) for name in state_inputs}, 0, steps)
+
+    @property
+    def steps(self) -> int:
+        """Steps adopted so far."""
+        return self._now.steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._now = self._now._replace(steps=int(value))  # one swap, as adoption
+
+    @property
+    def state(self) -> dict:
+        """The current state arrays of the plain-feeds path (do not mutate: adoption swaps the whole dict)."""
+        return self._now.arrays
 
     # ---- one step -----------------------------------------------------
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,27 +165,28 @@ class TrainingSession:
         batch = self._check(batch)
         if self.io_binding:
             return self._run_bound(batch)
-        outputs = self.session.run(self.output_names, {**batch, **self._extra_inputs, **self.state})
+        now = self._now
+        outputs = run_session(self.session, self.output_names, {**batch, **self._extra_inputs, **now.arrays},
+                              self._model, "training step")
         results = dict(zip(self.output_names, outputs))
-        if self._finite(results):
-            for inp, out in self.state_pairs:
-                self.state[inp] = results[out]
-            self.steps += 1
+        if self._finite(results, now.steps):
+            adopted = _Adopted({inp: results[out] for inp, out in self.state_pairs}, 0, now.steps + 1)
+            self._now = adopted  # the one assignment that adopts the step (see the module docstring)
         return {n: results[n] for n in self._result_names}
 
-    def _finite(self, results) -> bool:
-        """Whether the step may be adopted: a finite loss and finite gradients (their sum, ``grad_sum``)."""
+    def _finite(self, results, steps: int) -> bool:
+        """Whether the step may be adopted: a finite loss and finite gradients (``grad_check`` is 0)."""
         loss = float(results[self.output_names[0]])
-        grad_sum = float(results[GRAD_SUM]) if GRAD_SUM in results else 0.0
-        if math.isfinite(loss) and math.isfinite(grad_sum):
+        check = float(results[GRAD_CHECK]) if GRAD_CHECK in results else 0.0
+        if math.isfinite(loss) and math.isfinite(check):
             return True
         if self.nan_policy == "skip":
             self.skipped_steps += 1
             return False
         what = f"the loss is {loss}" if not math.isfinite(loss) else \
-            f"the loss is finite ({loss}) but a gradient is not (their sum is {grad_sum})"
+            f"the loss is finite ({loss}) but a gradient is not (NaN or infinite elements)"
         raise NonFiniteLossError(
-            f"{what} at step {self.steps + 1}; the update was not applied, parameters and optimizer "
+            f"{what} at step {steps + 1}; the update was not applied, parameters and optimizer "
             f"state keep their values from before this step (use nan_policy='skip' to skip such steps)")
 
     # ---- state access (parameters read back on demand) ------------------
@@ -163,12 +197,13 @@ class TrainingSession:
 
     def write(self, name: str, array: np.ndarray) -> None:
         array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")  # keeps 0-d arrays 0-d
-        if name == "step":
-            self.steps = int(array)
+        now = self._now
+        steps = int(array) if name == "step" else now.steps
         if self.io_binding:
             self._current[name].update_inplace(array)
+            self._now = _Adopted(None, now.buffer, steps)
         else:
-            self.state[name] = np.array(array, copy=True)
+            self._now = _Adopted({**now.arrays, name: np.array(array, copy=True)}, 0, steps)  # one swap, as run
 
     def set_input(self, name: str, value) -> None:
         """Change a fed-every-step input that is not carried state (the learning rate ``lr``)."""
@@ -197,23 +232,25 @@ class TrainingSession:
                 binding.bind_ortvalue_input(inp, self._buffers[source][inp])
                 binding.bind_ortvalue_output(out, self._buffers[target][inp])
             self._bindings.append(binding)
-        self._active = 0  # index of the buffer holding the current state
 
     @property
     def _current(self) -> dict:
-        return self._buffers[self._active]
+        return self._buffers[self._now.buffer]
 
     def _run_bound(self, batch):
-        binding = self._bindings[self._active]
+        if self._class_check is not None:
+            self._class_check(batch)
+        now = self._now
+        binding = self._bindings[now.buffer]
         for name, array in {**batch, **self._extra_inputs}.items():
             binding.bind_cpu_input(name, np.require(array, requirements="C"))
         try:
-            self.session.run_with_iobinding(binding)
-        except Exception as exc:  # ORT's pybind errors
-            raise RuntimeError(f"training step failed on {self.device}: {clean_ort_message(exc)}") from None
+            self.session.run_with_iobinding(binding, quiet_run_options())
+        except Exception as exc:  # ORT's pybind errors; the outputs went to the other buffer, not adopted
+            raise translate(exc, self._model, f"training step on {self.device}") from None
         outputs = binding.get_outputs()  # results were bound first, in order
         results = {name: outputs[i].numpy() for i, name in enumerate(self._result_names)}
-        if self._finite(results):
-            self._active ^= 1  # the step's outputs become the state; the old buffer is overwritten next step
-            self.steps += 1
+        if self._finite(results, now.steps):
+            # The step's outputs (the other buffer) become the state, with the count, in one assignment.
+            self._now = _Adopted(None, now.buffer ^ 1, now.steps + 1)
         return results

@@ -109,3 +109,32 @@ def test_max_pool_gradient_ignores_infinities_outside_the_maxima():
     xb = np.array([[[[1.0, -np.inf], [0.0, 0.0]]]], np.float32)
     np.testing.assert_array_equal(gc.compile([x], {"dx": dx}).run({"x": xb})["dx"],
                                   [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_large_finite_gradients_whose_sum_overflows_are_applied(io_binding):
+    """Each gradient element is 1e36 (finite); their float32 sum, 1e39, is not. The old check summed
+    the gradients and refused this step as non-finite; the update must be applied, as numpy computes it."""
+    x = gc.input("x", ("batch", 1000))
+    weight = nn.Parameter(np.zeros(1000, np.float32))
+    loss = (x * weight).sum()  # 0 at w = 0; d loss / d w = the column sums of x
+    trainer = gc.Trainer(loss, gc.optim.SGD([weight], lr=1e-36), [x], io_binding=io_binding)
+    xb = np.full((1, 1000), 1e36, np.float32)
+    with np.errstate(over="ignore"):
+        assert np.isinf(xb.sum(dtype=np.float32))  # what the old finiteness check computed
+    assert trainer.step({"x": xb}) == 0.0
+    expected = np.zeros(1000, np.float32) - np.float32(1e-36) * xb[0]  # SGD: w - lr * g
+    np.testing.assert_allclose(weight.data, expected, rtol=1e-6)
+    assert trainer.steps_done == 1
+
+
+@pytest.mark.parametrize("scale", [1.0, -1.0, 0.0])  # gradient of w_bad: +inf, -inf, NaN (0 * inf)
+def test_one_non_finite_gradient_among_huge_finite_ones_is_refused(scale):
+    x = gc.input("x", ("batch", 1000))
+    w_big = nn.Parameter(np.zeros(1000, np.float32))
+    w_bad = nn.Parameter(np.zeros(1, np.float32))
+    loss = (x * w_big).sum() + (w_bad.sqrt() * scale).sum()  # 0; d/d w_bad = scale / (2 sqrt(0))
+    trainer = gc.Trainer(loss, gc.optim.SGD([w_big, w_bad], lr=1e-36), [x])
+    with pytest.raises(gc.NonFiniteLossError, match="the loss is finite .* but a gradient is not"):
+        trainer.step({"x": np.full((1, 1000), 1e36, np.float32)})
+    assert not w_big.data.any() and not w_bad.data.any() and trainer.steps_done == 0

@@ -77,3 +77,75 @@ def test_zero_size_batches_give_empty_results_or_a_clear_error():
         trainer.step({"x": np.zeros((0, 6), np.float32), "y": np.zeros((0,), np.int64)})
     for (name, a), b in zip(model.state_dict().items(), before.values()):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_an_interrupt_anywhere_in_a_step_leaves_the_old_or_the_new_state_never_a_mix(io_binding):
+    """A KeyboardInterrupt is injected at every line and every bytecode of runtime/training_session.py
+    that a step executes (sys.settrace with opcode events), one run per injection point. After each,
+    the state (all arrays and the step count) must be wholly the state before the step or wholly the
+    state after an uninterrupted step. Before the fix, adoption looped over the arrays and then
+    incremented the count: an interrupt inside that loop left step N and N+1 arrays mixed."""
+    import sys
+
+    import runtime.training_session as training_session
+
+    x = gc.input("x", ("batch", 6))
+    y = gc.input("y", ("batch",), "int64")
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=0.05), [x, y],
+                         io_binding=io_binding)
+    session = trainer.session
+    data = batches(2)
+    session.run(data[0])
+
+    def snapshot():
+        return {name: session.read(name) for name in session.state_names()}, session.steps
+
+    old_record, old = session._now, snapshot()
+    session.run(data[1])
+    new = snapshot()
+    assert new[1] == old[1] + 1 and any((new[0][n] != old[0][n]).any() for n in old[0])
+
+    def same(a, b):
+        return a[1] == b[1] and all(np.array_equal(a[0][n], b[0][n]) for n in a[0])
+
+    outcomes = {"old": 0, "new": 0}
+    point = 0
+    while True:
+        point += 1
+        session._now = old_record  # back to the state before the step (the record is immutable)
+        events = 0
+
+        def local(frame, event, arg):
+            nonlocal events
+            if event in ("line", "opcode"):
+                events += 1
+                if events == point:
+                    raise KeyboardInterrupt
+            return local
+
+        def tracer(frame, event, arg):
+            if frame.f_code.co_filename != training_session.__file__:
+                return None
+            frame.f_trace_opcodes = True
+            return local
+
+        previous = sys.gettrace()  # a coverage tracer, if any, comes back afterwards
+        sys.settrace(tracer)
+        try:
+            session.run(data[1])
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.settrace(previous)
+        state = snapshot()
+        if same(state, old):
+            outcomes["old"] += 1
+        else:
+            assert same(state, new), f"a mix of old and new state after an interrupt at trace event {point}"
+            outcomes["new"] += 1
+        if not interrupted:
+            break
+    assert point > 50 and outcomes["old"] > 0 and outcomes["new"] > 0
