@@ -15,12 +15,18 @@ from graphc.errors import shape_error
 from graphc.tensor import Tensor, constant, emit
 
 
+def _ntuple(op: str, name: str, value, n: int) -> tuple[int, ...]:
+    """An int, or a sequence of ``n`` ints, as a tuple of ``n`` ints (PyTorch's ``_single``/``_pair``)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * n
+    if isinstance(value, (tuple, list)) and len(value) == n and all(isinstance(v, (int, np.integer)) for v in value):
+        return tuple(int(v) for v in value)
+    kind = "an int" if n == 1 else f"an int or a sequence of {n} ints"
+    raise shape_error(op, f"{name} must be {kind}, got {value!r}")
+
+
 def _pair(op: str, name: str, value) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value):
-        return int(value[0]), int(value[1])
-    raise shape_error(op, f"{name} must be an int or a pair of ints, got {value!r}")
+    return _ntuple(op, name, value, 2)
 
 
 def _out_size(size, kernel: int, stride: int, pad_total: int, dilation: int = 1, ceil: bool = False):
@@ -38,6 +44,61 @@ def _check_4d(op: str, x: Tensor) -> None:
         raise shape_error(op, f"expects a 4-D input (N, C, H, W), got {ops.fmt(x.shape)}")
 
 
+_LAYOUTS = {1: ("(N, C, L)", "(O, C/groups, k)"), 2: ("(N, C, H, W)", "(O, C/groups, kH, kW)")}
+
+
+def _conv(op: str, nd: int, x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int) -> Tensor:
+    """ONNX Conv over ``nd`` spatial dims with PyTorch's argument rules (shared by conv1d and conv2d)."""
+    x_layout, w_layout = _LAYOUTS[nd]
+    if x.ndim != nd + 2:
+        raise shape_error(op, f"expects a {nd + 2}-D input {x_layout}, got {ops.fmt(x.shape)}")
+    if weight.ndim != nd + 2:
+        raise shape_error(op, f"weight must be {w_layout}, got {ops.fmt(weight.shape)}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise shape_error(op, f"groups must be a positive int, got {groups!r}")
+    out_c, in_per_group, kernel = weight.shape[0], weight.shape[1], tuple(weight.shape[2:])
+    channels = x.shape[1]
+    if isinstance(channels, int) and channels != in_per_group * groups:
+        raise shape_error(op, f"input has {channels} channels, weight {ops.fmt(weight.shape)} with "
+                              f"groups={groups} expects {in_per_group * groups}")
+    if out_c % groups:
+        raise shape_error(op, f"out channels {out_c} are not divisible by groups={groups}")
+    strides = _ntuple(op, "stride", stride, nd)
+    dilations = _ntuple(op, "dilation", dilation, nd)
+    if padding == "valid":
+        begin = end = (0,) * nd
+    elif padding == "same":
+        if any(s != 1 for s in strides):
+            raise shape_error(op, "padding='same' needs stride 1, as in PyTorch")
+        total = [d * (k - 1) for d, k in zip(dilations, kernel)]
+        begin, end = tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+    else:
+        begin = end = _ntuple(op, "padding", padding, nd)
+    if bias is not None and bias.shape != (out_c,):
+        raise shape_error(op, f"bias must be ({out_c},), got {ops.fmt(bias.shape)}")
+    spatial = tuple(_out_size(x.shape[2 + i], kernel[i], strides[i], begin[i] + end[i], dilations[i])
+                    for i in range(nd))
+    if any(o is not None and o <= 0 for o in spatial):
+        raise shape_error(op, f"kernel {ops.fmt(kernel)} does not fit input {ops.fmt(x.shape)} with padding "
+                              f"{begin + end}")
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    attrs = {"kernel_shape": list(kernel), "strides": list(strides), "pads": list(begin + end),
+             "dilations": list(dilations), "group": int(groups)}
+    return emit("Conv", inputs, attrs, shape=(x.shape[0], out_c) + spatial, dtype=x.dtype)
+
+
+def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1) -> Tensor:
+    """1-D convolution (ONNX Conv): x (N, C, L), weight (O, C/groups, k), padding int/"same"/"valid".
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> w = gc.constant(np.zeros((8, 3, 5), np.float32))
+    >>> F.conv1d(gc.input("x", ("batch", 3, 100)), w, stride=2).shape
+    ('batch', 8, 48)
+    """
+    return _conv("conv1d", 1, x, weight, bias, stride, padding, dilation, groups)
+
+
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1) -> Tensor:
     """2-D convolution (ONNX Conv): x (N, C, H, W), weight (O, C/groups, kH, kW), padding int/pair/"same"/"valid".
@@ -47,38 +108,56 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     >>> F.conv2d(gc.input("x", ("batch", 3, 32, 32)), w, padding=1).shape
     ('batch', 8, 32, 32)
     """
-    _check_4d("conv2d", x)
+    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 2-D convolution (ONNX ConvTranspose), the gradient of conv2d w.r.t. its input.
+
+    x (N, C, H, W), weight (C, O/groups, kH, kW) as in PyTorch; output size per spatial dim
+    (in - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1.
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> w = gc.constant(np.zeros((8, 4, 4, 4), np.float32))
+    >>> F.conv_transpose2d(gc.input("x", ("batch", 8, 16, 16)), w, stride=2, padding=1).shape
+    ('batch', 4, 32, 32)
+    """
+    op = "conv_transpose2d"
+    _check_4d(op, x)
     if weight.ndim != 4:
-        raise shape_error("conv2d", f"weight must be (O, C/groups, kH, kW), got {ops.fmt(weight.shape)}")
-    out_c, in_per_group, kh, kw = weight.shape
-    channels = x.shape[1]
-    if isinstance(channels, int) and channels != in_per_group * groups:
-        raise shape_error("conv2d", f"input has {channels} channels, weight {ops.fmt(weight.shape)} with "
-                                    f"groups={groups} expects {in_per_group * groups}")
-    if out_c % groups:
-        raise shape_error("conv2d", f"out channels {out_c} are not divisible by groups={groups}")
-    sh, sw = _pair("conv2d", "stride", stride)
-    dh, dw = _pair("conv2d", "dilation", dilation)
-    if padding == "valid":
-        pads = (0, 0, 0, 0)
-    elif padding == "same":
-        if (sh, sw) != (1, 1):
-            raise shape_error("conv2d", "padding='same' needs stride 1, as in PyTorch")
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
-    else:
-        ph, pw = _pair("conv2d", "padding", padding)
-        pads = (ph, pw, ph, pw)
+        raise shape_error(op, f"weight must be (C, O/groups, kH, kW), got {ops.fmt(weight.shape)}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise shape_error(op, f"groups must be a positive int, got {groups!r}")
+    in_c, out_per_group, kh, kw = weight.shape
+    if isinstance(x.shape[1], int) and x.shape[1] != in_c:
+        raise shape_error(op, f"input has {x.shape[1]} channels, weight {ops.fmt(weight.shape)} expects {in_c}")
+    if in_c % groups:
+        raise shape_error(op, f"in channels {in_c} are not divisible by groups={groups}")
+    strides = _pair(op, "stride", stride)
+    pads = _pair(op, "padding", padding)
+    extra = _pair(op, "output_padding", output_padding)
+    dilations = _pair(op, "dilation", dilation)
+    for e, s, d in zip(extra, strides, dilations):
+        if not 0 <= e < max(s, d):
+            raise shape_error(op, f"output_padding {extra} must be smaller than either stride {strides} or "
+                                  f"dilation {dilations}, as in PyTorch")
+    if min(strides + dilations) < 1 or min(pads) < 0:
+        raise shape_error(op, f"stride and dilation must be >= 1 and padding >= 0, got stride {strides}, "
+                              f"dilation {dilations}, padding {pads}")
+    out_c = out_per_group * groups
     if bias is not None and bias.shape != (out_c,):
-        raise shape_error("conv2d", f"bias must be ({out_c},), got {ops.fmt(bias.shape)}")
-    oh = _out_size(x.shape[2], kh, sh, pads[0] + pads[2], dh)
-    ow = _out_size(x.shape[3], kw, sw, pads[1] + pads[3], dw)
-    if (oh is not None and oh <= 0) or (ow is not None and ow <= 0):
-        raise shape_error("conv2d", f"kernel {kh}x{kw} does not fit input {ops.fmt(x.shape)} with padding {pads}")
+        raise shape_error(op, f"bias must be ({out_c},), got {ops.fmt(bias.shape)}")
+    spatial = []
+    for size, k, s, p, e, d in zip(x.shape[2:], (kh, kw), strides, pads, extra, dilations):
+        out = (size - 1) * s - 2 * p + d * (k - 1) + e + 1 if isinstance(size, int) else None
+        if out is not None and out <= 0:
+            raise shape_error(op, f"input {ops.fmt(x.shape)} with padding {pads} gives an empty output")
+        spatial.append(out)
     inputs = [x, weight] + ([bias] if bias is not None else [])
-    attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": list(pads), "dilations": [dh, dw],
-             "group": groups}
-    return emit("Conv", inputs, attrs, shape=(x.shape[0], out_c, oh, ow), dtype=x.dtype)
+    attrs = {"kernel_shape": [kh, kw], "strides": list(strides), "pads": list(pads + pads),
+             "dilations": list(dilations), "group": int(groups), "output_padding": list(extra)}
+    return emit("ConvTranspose", inputs, attrs, shape=(x.shape[0], out_c, *spatial), dtype=x.dtype)
 
 
 def _pool_args(op: str, kernel_size, stride, padding):
@@ -180,3 +259,87 @@ def _count(x: Tensor, axes) -> Tensor:
                   dtype=np.int64)
     product = emit("ReduceProd", [picked], {"keepdims": 0}, shape=(), dtype=np.int64)
     return ops.cast(product, x.dtype)
+
+
+_INTERPOLATE_MODES = {"nearest": None, "nearest-exact": None, "linear": 1, "bilinear": 2}
+
+
+def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners: bool | None = None,
+                recompute_scale_factor: bool | None = None, antialias: bool = False) -> Tensor:
+    """Resize the spatial dims of (N, C, ...) ``x`` (ONNX Resize), as ``torch.nn.functional.interpolate``.
+
+    Modes: ``nearest`` (PyTorch's: floor of dst * in / out; Resize asymmetric + floor), ``nearest-exact``
+    (half_pixel + round_prefer_ceil), ``linear`` for (N, C, L) and ``bilinear`` for (N, C, H, W)
+    (half_pixel, or align_corners). Give ``size`` or ``scale_factor``: the output size is
+    floor(in * scale_factor) and the coordinates use 1 / scale_factor, as in PyTorch (unless
+    ``recompute_scale_factor``, which resizes to that size with in / out).
+
+    >>> import graphc as gc, graphc.nn.functional as F
+    >>> F.interpolate(gc.input("x", ("batch", 3, 8, 8)), scale_factor=2, mode="bilinear").shape
+    ('batch', 3, 16, 16)
+    """
+    op = "interpolate"
+    if mode not in _INTERPOLATE_MODES:
+        raise shape_error(op, f"mode must be one of {sorted(_INTERPOLATE_MODES)}, got {mode!r}")
+    nd = x.ndim - 2
+    if nd < 1:
+        raise shape_error(op, f"expects (N, C, ...) with at least one spatial dim, got {ops.fmt(x.shape)}")
+    wanted = _INTERPOLATE_MODES[mode]
+    if wanted is not None and nd != wanted:
+        raise shape_error(op, f"mode {mode!r} needs a {wanted + 2}-D input, got {ops.fmt(x.shape)}")
+    if align_corners is not None and wanted is None:
+        raise shape_error(op, "align_corners option can only be set with the interpolating modes: linear | "
+                              f"bilinear (got mode {mode!r}), as in PyTorch")
+    if antialias:
+        raise shape_error(op, "antialias=True is not supported")
+    if (size is None) == (scale_factor is None):
+        raise shape_error(op, f"give exactly one of size and scale_factor, got size={size!r}, "
+                              f"scale_factor={scale_factor!r}")
+    if size is not None and recompute_scale_factor:
+        raise shape_error(op, "recompute_scale_factor is not meaningful with an explicit size, as in PyTorch")
+    in_sizes = x.shape[2:]
+    axes = list(range(2, x.ndim))
+    if size is not None:
+        sizes = _ntuple(op, "size", size, nd)
+        if min(sizes) < 1:
+            raise shape_error(op, f"size must be positive, got {size!r}")
+        resize_input = ("sizes", sizes)
+    else:
+        factors = _scale_factors(op, scale_factor, nd)
+        sizes = tuple(math.floor(d * f) if isinstance(d, int) else None for d, f in zip(in_sizes, factors))
+        if any(s is not None and s < 1 for s in sizes):
+            raise shape_error(op, f"scale_factor {scale_factor!r} makes input {ops.fmt(x.shape)} empty")
+        # ONNX Runtime sizes the output as floor(float32(scale) * in); where that rounds differently
+        # (rare), or when asked to recompute the scale, pass the sizes themselves.
+        float32_sizes = tuple(math.floor(float(np.float32(f) * np.float32(d))) if isinstance(d, int) else None
+                              for d, f in zip(in_sizes, factors))
+        if (recompute_scale_factor or float32_sizes != sizes) and None not in sizes:
+            resize_input = ("sizes", sizes)
+        else:
+            resize_input = ("scales", factors)
+    attrs = {"axes": axes, "mode": "nearest" if wanted is None else "linear"}
+    if mode == "nearest":
+        attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    elif mode == "nearest-exact":
+        attrs.update(coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_ceil")
+    else:
+        attrs["coordinate_transformation_mode"] = "align_corners" if align_corners else "half_pixel"
+    kind, values = resize_input
+    if kind == "sizes":
+        inputs = [x, None, None, constant(np.asarray(values, np.int64))]
+    else:
+        inputs = [x, None, constant(np.asarray(values, np.float32))]
+    return emit("Resize", inputs, attrs, shape=tuple(x.shape[:2]) + tuple(sizes), dtype=x.dtype)
+
+
+def _scale_factors(op: str, scale_factor, nd: int) -> tuple[float, ...]:
+    if isinstance(scale_factor, (int, float, np.integer, np.floating)) and not isinstance(scale_factor, bool):
+        factors = (float(scale_factor),) * nd
+    elif isinstance(scale_factor, (tuple, list)) and len(scale_factor) == nd and \
+            all(isinstance(f, (int, float, np.integer, np.floating)) for f in scale_factor):
+        factors = tuple(float(f) for f in scale_factor)
+    else:
+        raise shape_error(op, f"scale_factor must be a number or a sequence of {nd} numbers, got {scale_factor!r}")
+    if min(factors) <= 0 or not all(math.isfinite(f) for f in factors):
+        raise shape_error(op, f"scale_factor must be positive and finite, got {scale_factor!r}")
+    return factors

@@ -509,11 +509,7 @@ class RNN(RNNBase):
             raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r}; use 'tanh' or 'relu'")
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, dtype=dtype)
-        self.nonlinearity = nonlinearity
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.nonlinearity == "tanh" else text + ", nonlinearity='relu'"
+        self.nonlinearity = nonlinearity  # torch's printout leaves it out, and so does ours (RNNBase.extra_repr)
 
 
 class LSTM(RNNBase):

@@ -1,3 +1,3 @@
 """Every VJP rule, grouped by kind of op; importing this package registers them all."""
 
-from passes.autodiff.rules import conv, elementwise, linalg, nn, reduce, scan, shape  # noqa: F401
+from passes.autodiff.rules import conv, elementwise, linalg, nn, reduce, resize, scan, shape  # noqa: F401

@@ -1,4 +1,4 @@
-"""VJP rules of the 2-D spatial ops: Conv, MaxPool, AveragePool, BatchNormalization (inference form).
+"""VJP rules of the spatial ops: Conv, ConvTranspose, MaxPool, AveragePool, BatchNormalization (inference form).
 
 Lowerings were chosen by measurement (benchmarks/probes/conv_dw_lowerings.py,
 32->64 3x3 on 16x16, batch 64, ONNX Runtime CPU): the weight gradient as
@@ -20,11 +20,24 @@ def _spatial(ctx: VJPContext, name: str, default):
     return list(value) if value is not None else list(default)
 
 
-def _static_hw(ctx: VJPContext, value, op: str) -> tuple[int, int]:
+def _static_spatial(ctx: VJPContext, value, op: str) -> list[int]:
+    """The static spatial dims of an (N, C, ...) value; the batch and channel dims may be symbolic."""
     dims = static_dims(value)
-    if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
+    if dims is None or len(dims) < 3 or not all(isinstance(d, int) for d in dims[2:]):
         raise NotImplementedError(f"the gradient of {op} needs static spatial dims, got {value.shape}")
-    return dims[2], dims[3]
+    return list(dims[2:])
+
+
+def _static_hw(ctx: VJPContext, value, op: str) -> tuple[int, int]:
+    dims = _static_spatial(ctx, value, op)
+    if len(dims) != 2:
+        raise NotImplementedError(f"the gradient of {op} is implemented for 2-D pooling, got {value.shape}")
+    return dims[0], dims[1]
+
+
+def _no_auto_pad(ctx: VJPContext, op: str) -> None:
+    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise NotImplementedError(f"the gradient of {op} with auto_pad is not implemented; use explicit pads")
 
 
 def _transpose_pads(size, out, kernel, stride, dilation, begin, end) -> tuple[int, int]:
@@ -37,82 +50,136 @@ def _transpose_pads(size, out, kernel, stride, dilation, begin, end) -> tuple[in
     return begin, full - begin - size
 
 
-def _conv_transpose(ctx: VJPContext, g, weight, x_hw, out_hw, kernel, strides, dilations, pads, group):
+def _conv_transpose(ctx: VJPContext, g, weight, x_sp, out_sp, kernel, strides, dilations, pads, group):
     """ConvTranspose of ``g`` landing on the input's spatial size, with extra end pads where needed."""
+    nd = len(x_sp)
     t_pads, extra = [], []
-    for axis in range(2):
-        begin, end = _transpose_pads(x_hw[axis], out_hw[axis], kernel[axis], strides[axis], dilations[axis],
-                                     pads[axis], pads[axis + 2])
+    for axis in range(nd):
+        begin, end = _transpose_pads(x_sp[axis], out_sp[axis], kernel[axis], strides[axis], dilations[axis],
+                                     pads[axis], pads[axis + nd])
         t_pads.append(begin)
         extra.append(end)
     attrs = {"strides": strides, "dilations": dilations, "group": group, "kernel_shape": kernel}
     if min(extra) < 0:  # the forward ignored trailing inputs: pad the result with zeros there
         attrs["pads"] = t_pads + [max(e, 0) for e in extra]
         dx = ctx.op("ConvTranspose", [g, weight], attrs)
-        grow = ctx.e.ints([0, 0, 0, 0, 0, 0, max(-extra[0], 0), max(-extra[1], 0)])
+        grow = ctx.e.ints([0] * (nd + 2) + [0, 0] + [max(-e, 0) for e in extra])
         return ctx.op("Pad", [dx, grow])
     attrs["pads"] = t_pads + extra
     return ctx.op("ConvTranspose", [g, weight], attrs)
 
 
+def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group):
+    """dw of y = Conv(x, w): the sum over the batch of g's correlation with x's patches.
+
+    Patches + MatMul by default; a transposed-batch Conv for ungrouped kernels with more taps than
+    output channels (see ``_weight_grad_by_transposed_batch``).
+    """
+    w_dims = static_dims(w)
+    out_c, in_per_group, kernel = w_dims[0], w_dims[1], list(w_dims[2:])
+    taps = int(np.prod(kernel))
+    if group == 1 and taps > out_c:
+        return _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
+    channels = in_per_group * group
+    eye = np.zeros((channels * taps, 1, *kernel), dtype=w.dtype.numpy())
+    for c in range(channels):
+        for t in range(taps):
+            eye[(c * taps + t, 0, *np.unravel_index(t, kernel))] = 1
+    patches = ctx.op("Conv", [x, ctx.e.const(eye)], {"strides": strides, "dilations": dilations, "pads": pads,
+                                                     "group": channels, "kernel_shape": kernel})
+    patches = ctx.op("Reshape", [patches, ctx.e.ints([0, group, in_per_group * taps, -1])])
+    grads = ctx.op("Reshape", [g, ctx.e.ints([0, group, out_c // group, -1])])
+    per_sample = ctx.op("MatMul", [grads, ctx.op("Transpose", [patches], {"perm": [0, 1, 3, 2]})])
+    summed = ctx.op("ReduceSum", [per_sample, ctx.e.ints([0])], {"keepdims": 0})
+    return ctx.op("Reshape", [summed, ctx.e.ints([out_c, in_per_group, *kernel])])
+
+
 @register_vjp("Conv")
 def conv_vjp(ctx: VJPContext):
-    """Conv(x, w, b; strides, pads, dilations, group) -> y.
+    """Conv(x, w, b; strides, pads, dilations, group) -> y, any number of spatial dims (Conv1d, Conv2d, ...).
 
     dx = ConvTranspose(g, w) with the same strides/pads/dilations/group;
-    dw = sum_n g_n (O, L) @ patches_n (C*kH*kW, L)^T per group, patches from a
+    dw = sum_n g_n (O, L) @ patches_n (C*prod(k), L)^T per group, patches from a
     one-hot depthwise Conv (im2col in standard ops), or, for ungrouped kernels with
-    more taps than output channels, a transposed-batch Conv; db = sum of g over N, H, W.
+    more taps than output channels, a transposed-batch Conv; db = sum of g over N and the spatial dims.
     """
     x, w = ctx.inputs[0], ctx.inputs[1]
     g = ctx.g
-    out_c, in_per_group, kh, kw = static_dims(w)
-    kernel = [kh, kw]
-    strides = _spatial(ctx, "strides", [1, 1])
-    dilations = _spatial(ctx, "dilations", [1, 1])
-    pads = _spatial(ctx, "pads", [0, 0, 0, 0])
+    w_dims = static_dims(w)
+    kernel = list(w_dims[2:])
+    nd = len(kernel)
+    strides = _spatial(ctx, "strides", [1] * nd)
+    dilations = _spatial(ctx, "dilations", [1] * nd)
+    pads = _spatial(ctx, "pads", [0] * (2 * nd))
     group = ctx.attr("group", 1)
-    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        raise NotImplementedError("the gradient of Conv with auto_pad is not implemented; use explicit pads")
-    x_hw = _static_hw(ctx, x, "Conv")
-    out_hw = _static_hw(ctx, ctx.outputs[0], "Conv")
+    _no_auto_pad(ctx, "Conv")
+    x_sp = _static_spatial(ctx, x, "Conv")
+    out_sp = _static_spatial(ctx, ctx.outputs[0], "Conv")
     dx = dw = db = None
     if ctx.needs(0):
-        dx = _conv_transpose(ctx, g, w, x_hw, out_hw, kernel, strides, dilations, pads, group)
-    if ctx.needs(1) and group == 1 and kh * kw > out_c:
-        dw = _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
-    elif ctx.needs(1):
-        channels = in_per_group * group
-        taps = kh * kw
-        eye = np.zeros((channels * taps, 1, kh, kw), dtype=w.dtype.numpy())
-        for c in range(channels):
-            for t in range(taps):
-                eye[c * taps + t, 0, t // kw, t % kw] = 1
-        patches = ctx.op("Conv", [x, ctx.e.const(eye)], {"strides": strides, "dilations": dilations, "pads": pads,
-                                                         "group": channels, "kernel_shape": kernel})
-        patches = ctx.op("Reshape", [patches, ctx.e.ints([0, group, in_per_group * taps, -1])])
-        grads = ctx.op("Reshape", [g, ctx.e.ints([0, group, out_c // group, -1])])
-        per_sample = ctx.op("MatMul", [grads, ctx.op("Transpose", [patches], {"perm": [0, 1, 3, 2]})])
-        summed = ctx.op("ReduceSum", [per_sample, ctx.e.ints([0])], {"keepdims": 0})
-        dw = ctx.op("Reshape", [summed, ctx.e.ints([out_c, in_per_group, kh, kw])])
+        dx = _conv_transpose(ctx, g, w, x_sp, out_sp, kernel, strides, dilations, pads, group)
+    if ctx.needs(1):
+        dw = _conv_weight_grad(ctx, x, g, w, strides, dilations, pads, group)
     if len(ctx.inputs) > 2 and ctx.needs(2):
-        db = ctx.op("ReduceSum", [g, ctx.e.ints([0, 2, 3])], {"keepdims": 0})
+        db = ctx.op("ReduceSum", [g, ctx.e.ints([0, *range(2, nd + 2)])], {"keepdims": 0})
     return [dx, dw, db]
 
 
 def _weight_grad_by_transposed_batch(ctx: VJPContext, x, g, kernel, strides, dilations, pads):
-    """dw[o, c] = sum_n g[n, o] (*) x[n, c]: a Conv of x^T (C, N, H, W) with g^T (O, N, oH, oW) as kernel,
+    """dw[o, c] = sum_n g[n, o] (*) x[n, c]: a Conv of x^T (C, N, ...) with g^T (O, N, ...) as kernel,
     the forward's dilations as strides and its strides as dilations, cropped to the kernel size.
 
     Chosen when the kernel has more taps than output channels (LeNet's 5x5 convs with 6 and 16
     channels: 2.6 vs 3.1 ms and 0.86 vs 1.0 ms against patches + MatMul, probes/conv_dw_lowerings.py),
     where the one-hot patches Conv does more work than the product itself.
     """
-    xt = ctx.op("Transpose", [x], {"perm": [1, 0, 2, 3]})
-    gt = ctx.op("Transpose", [g], {"perm": [1, 0, 2, 3]})
+    nd = len(kernel)
+    swap = [1, 0, *range(2, nd + 2)]
+    xt = ctx.op("Transpose", [x], {"perm": swap})
+    gt = ctx.op("Transpose", [g], {"perm": swap})
     full = ctx.op("Conv", [xt, gt], {"strides": dilations, "dilations": strides, "pads": pads})
-    cropped = ctx.op("Slice", [full, ctx.e.ints([0, 0]), ctx.e.ints(kernel), ctx.e.ints([2, 3])])
-    return ctx.op("Transpose", [cropped], {"perm": [1, 0, 2, 3]})
+    cropped = ctx.op("Slice", [full, ctx.e.ints([0] * nd), ctx.e.ints(kernel), ctx.e.ints(range(2, nd + 2))])
+    return ctx.op("Transpose", [cropped], {"perm": swap})
+
+
+@register_vjp("ConvTranspose")
+def conv_transpose_vjp(ctx: VJPContext):
+    """ConvTranspose(x, w, b; strides, pads, dilations, group, output_padding) -> y, w (C, O/group, k...).
+
+    y is the adjoint of z = Conv(y'; w) (same strides/dilations/group), so
+    dx = Conv(g, w) with pads (begin, end - output_padding) (a negative end pad crops g: those
+    trailing outputs no input reached); dw = the Conv weight gradient with g as the input and x as
+    the output cotangent (same lowering as Conv's dw); db = sum of g over N and the spatial dims.
+    """
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    w_dims = static_dims(w)
+    kernel = list(w_dims[2:])
+    nd = len(kernel)
+    if ctx.attr("output_shape") is not None:
+        raise NotImplementedError("the gradient of ConvTranspose with output_shape is not implemented; use pads")
+    _no_auto_pad(ctx, "ConvTranspose")
+    strides = _spatial(ctx, "strides", [1] * nd)
+    dilations = _spatial(ctx, "dilations", [1] * nd)
+    pads = _spatial(ctx, "pads", [0] * (2 * nd))
+    group = ctx.attr("group", 1)
+    x_sp = _static_spatial(ctx, x, "ConvTranspose")
+    y_sp = _static_spatial(ctx, ctx.outputs[0], "ConvTranspose")
+    g = ctx.g
+    # The end pad that makes Conv(g) land on exactly x's size (output_padding is inside y's size).
+    ends = [strides[i] * (x_sp[i] - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - y_sp[i] for i in range(nd)]
+    if min(ends) < 0:
+        keep = [y_sp[i] + min(ends[i], 0) for i in range(nd)]
+        g = ctx.op("Slice", [g, ctx.e.ints([0] * nd), ctx.e.ints(keep), ctx.e.ints(range(2, nd + 2))])
+    conv_pads = pads[:nd] + [max(e, 0) for e in ends]
+    dx = dw = db = None
+    if ctx.needs(0):
+        dx = ctx.op("Conv", [g, w], {"strides": strides, "dilations": dilations, "pads": conv_pads, "group": group,
+                                     "kernel_shape": kernel})
+    if ctx.needs(1):
+        dw = _conv_weight_grad(ctx, g, x, w, strides, dilations, conv_pads, group)
+    if len(ctx.inputs) > 2 and ctx.needs(2):
+        db = ctx.op("ReduceSum", [ctx.g, ctx.e.ints([0, *range(2, nd + 2)])], {"keepdims": 0})
+    return [dx, dw, db]
 
 
 @register_vjp("MaxPool")
