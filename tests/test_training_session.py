@@ -56,7 +56,9 @@ def test_bound_path_keeps_state_on_a_non_finite_loss_and_accepts_writes():
     assert trainer.steps_done == 2
 
 
-def test_auto_provider_says_which_provider_it_picked(capsys):
+def test_auto_provider_says_which_provider_it_picked(capsys, monkeypatch):
+    from runtime import providers
+    monkeypatch.setattr(providers, "_announced", set())  # said once per process: as in a fresh process
     x = gc.input("x", ("batch", 2))
     program = gc.compile([x], {"y": x * 2.0}, provider="auto")
     program.run({"x": np.ones((1, 2), np.float32)})
