@@ -18,6 +18,7 @@ from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
 from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
+from runtime.run_errors import SOURCE_KEY
 from runtime.run_errors import run_session
 from runtime.training_session import create_session
 
@@ -67,6 +68,28 @@ def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_str
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
+
+
+def for_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without the user's ``file:line`` node metadata.
+
+    Source locations serve run-time error messages in this process; written files carry no local paths
+    (a shipped model would otherwise reveal the author's folders).
+    """
+    exported = onnx.ModelProto()
+    exported.CopyFrom(model)
+    graphs = [exported.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != SOURCE_KEY]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+    return exported
 
 
 class Program:
@@ -149,11 +172,12 @@ class Program:
         Both files are rewritten from scratch and atomically (the data file first, then the model).
         An existing target that is not a regular file (device, FIFO, symlink) is refused.
         """
-        onnx.checker.check_model(self.model, full_check=True)
+        model = for_export(self.model)
+        onnx.checker.check_model(model, full_check=True)
         if not external_data:
-            atomic_write(path, lambda handle: handle.write(self.model.SerializeToString()))
+            atomic_write(path, lambda handle: handle.write(model.SerializeToString()))
             return
-        atomic_save_external(self.model, path, size_threshold=1024)
+        atomic_save_external(model, path, size_threshold=1024)
 
 
 def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "",  # noqa: A001

@@ -23,7 +23,7 @@ from graphc.errors import GraphcError
 from graphc.history import History, plot_history, require_matplotlib
 from graphc.nn.parameter import Parameter, mark_values_changed, requires_grad_version
 from graphc.optim import Optimizer
-from graphc.program import build_model, to_proto
+from graphc.program import build_model, for_export, to_proto
 from graphc.random import RNG_KEY, key_for_step
 from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
@@ -374,6 +374,6 @@ class Trainer:
 
     def save(self, path) -> None:
         """Write the training step as standard ONNX; ``InferenceSession(path).run(None, batch)`` trains one step."""
-        model = self.training_model()
+        model = for_export(self.training_model())
         onnx.checker.check_model(model, full_check=True)
         atomic_write(path, lambda handle: handle.write(model.SerializeToString()))

@@ -91,3 +91,20 @@ def test_save_with_external_data_stays_in_the_models_folder_and_loads(tmp_path):
     xb = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     session = make_session(str(folder / "m.onnx"), "cpu")
     np.testing.assert_allclose(session.run(None, {"x": xb})[0], program.run({"x": xb})["logits"], rtol=1e-6)
+
+
+def test_saved_models_carry_no_source_locations(tmp_path):
+    """Run-time errors name the user's line (in memory); the written files hold no local paths."""
+    x = gc.input("x", ("batch", 3))
+    y = gc.input("y", ("batch",), "int64")
+    layer = nn.Linear(3, 2)
+    logits = layer(x)
+    program = gc.compile([x], {"logits": logits})
+    assert any(p.key == "graphc.source" and "test_program.py" in p.value
+               for n in program.model.graph.node for p in n.metadata_props)
+    program.save(tmp_path / "m.onnx")
+    trainer = gc.Trainer(F.cross_entropy(logits, y), gc.optim.SGD(layer.parameters(), lr=0.1), [x, y])
+    trainer.save(tmp_path / "step.onnx")
+    for name in ("m.onnx", "step.onnx"):
+        data = (tmp_path / name).read_bytes()
+        assert b"test_program.py" not in data and b"graphc.source" not in data, name
