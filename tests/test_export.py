@@ -1,8 +1,8 @@
 """Exported models are standard ONNX: checker, default domain only, plain ONNX Runtime, the CLI, and PyTorch.
 
 - ``Program.save``: the inference model with its weights.
-- ``Trainer.save``: the training step with the current state as initializers;
-  one plain ``InferenceSession.run`` on it is one training step.
+- ``Trainer.save``: the training step (state as plain inputs) and ``.state.onnx`` (the current state);
+  one plain ``InferenceSession.run`` on the batch plus that state is one training step.
 """
 
 import subprocess
@@ -79,6 +79,14 @@ def plain_session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def run_saved_step(path, batch_feeds: dict) -> dict:
+    """One step of a saved training step: its state from ``<stem>.state.onnx``, then the step, by name."""
+    state_session = plain_session(str(path)[: -len(".onnx")] + ".state.onnx")
+    state = dict(zip([o.name for o in state_session.get_outputs()], state_session.run(None, {})))
+    session = plain_session(path)
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {**batch_feeds, **state})))
+
+
 # ---- Program.save ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mnist_mlp(tmp_path_factory):
@@ -123,7 +131,8 @@ def test_symbolic_batch_dim_is_kept(mnist_mlp):
 
 def test_program_model_equals_saved_file(mnist_mlp):
     prog, _, path = mnist_mlp
-    assert onnx.load(str(path)).SerializeToString() == prog.model.SerializeToString()
+    from graphc.program import for_export  # the written file: the model without in-memory source lines
+    assert onnx.load(str(path)).SerializeToString() == for_export(prog.model).SerializeToString()
 
 
 # ---- Trainer.save ----------------------------------------------------------------
@@ -156,10 +165,10 @@ def test_trainer_save_is_one_training_step_in_plain_onnxruntime(tmp_path, opt_cl
     session = plain_session(path)
     outputs = session.get_outputs()
     assert outputs[0].name == "loss"
-    assert {i.name for i in session.get_inputs() if i.name not in {t.name for t in saved.graph.initializer}} \
-        == {"x", "y"}, "only the batch must be fed"
+    assert not {i.name for i in saved.graph.input} & {t.name for t in saved.graph.initializer}, \
+        "state inputs are plain inputs (onnxruntime-node ignores feeds for initializer-backed ones)"
     xb, yb = batch(seed=10)
-    results = dict(zip([o.name for o in outputs], session.run(None, {"x": xb, "y": yb})))
+    results = run_saved_step(path, {"x": xb, "y": yb})
     expected_loss = trainer.step({"x": xb, "y": yb})
     np.testing.assert_allclose(results["loss"], expected_loss, rtol=1e-6, atol=1e-7)
     # the updated parameters that the file returns are the ones the trainer now holds
@@ -172,9 +181,8 @@ def test_trainer_save_carries_the_current_lr(tmp_path):
     opt.lr = 0.0
     path = tmp_path / "step.onnx"
     trainer.save(path)
-    session = plain_session(path)
     xb, yb = batch()
-    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": xb, "y": yb})))
+    results = run_saved_step(path, {"x": xb, "y": yb})
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(results[name + ".updated"], value, err_msg=name)
 
@@ -186,8 +194,7 @@ def test_trainer_save_matches_torch_step(tmp_path):
     path = tmp_path / "step.onnx"
     trainer.save(path)
     xb, yb = batch(seed=4)
-    session = plain_session(path)
-    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": xb, "y": yb})))
+    results = run_saved_step(path, {"x": xb, "y": yb})
     topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9)
     tloss = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb))
     tloss.backward()
@@ -234,8 +241,12 @@ def test_cli_runs_the_saved_training_step(tmp_path):
     xb, yb = batch(seed=3)
     np.save(tmp_path / "x.npy", xb)
     np.save(tmp_path / "y.npy", yb)
+    state = run_cli("run", tmp_path / "step.state.onnx", "--output-dir", tmp_path / "state")  # one NAME.npy each
+    assert state.returncode == 0, state.stderr
+    state_inputs = [arg for name in (o.name for o in onnx.load(str(tmp_path / "step.state.onnx")).graph.output)
+                    for arg in ("--input", f"{name}={tmp_path / 'state' / (name + '.npy')}")]
     result = run_cli("run", path, "--input", f"x={tmp_path / 'x.npy'}", "--input", f"y={tmp_path / 'y.npy'}",
-                     "--output-dir", tmp_path / "out")
+                     *state_inputs, "--output-dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "out" / "loss.npy"), trainer.step({"x": xb, "y": yb}),
                                rtol=1e-6, atol=1e-7)
@@ -253,7 +264,7 @@ def dropout_trainer():
 
 
 def test_trainer_save_with_dropout_draws_the_masks_of_the_next_step(tmp_path):
-    """Regression: the saved step needed an 'rng_key' feed; it now holds the next step's key."""
+    """Regression: the saved step needed an 'rng_key' feed; it now derives it from its seed and step."""
     trainer, model = dropout_trainer()
     for seed in range(2):
         xb, yb = batch(seed=seed)
@@ -262,9 +273,8 @@ def test_trainer_save_with_dropout_draws_the_masks_of_the_next_step(tmp_path):
     trainer.save(path)
     onnx.checker.check_model(str(path), full_check=True)
     assert_standard_onnx(onnx.load(str(path)))
-    session = plain_session(path)
     xb, yb = batch(seed=5)
-    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": xb, "y": yb})))
+    results = run_saved_step(path, {"x": xb, "y": yb})
     assert trainer.step({"x": xb, "y": yb}) == pytest.approx(float(results["loss"]), rel=1e-6, abs=1e-7)
     for name, value in model.state_dict().items():
         np.testing.assert_allclose(results[name + ".updated"], value, rtol=1e-6, atol=1e-7, err_msg=name)

@@ -319,7 +319,9 @@ def test_training_step_is_standard_onnx(seq, tmp_path):
     trainer.save(tmp_path / "step.onnx")
     import onnxruntime as ort
     session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    state_session = ort.InferenceSession(str(tmp_path / "step.state.onnx"), providers=["CPUExecutionProvider"])
+    state = dict(zip([o.name for o in state_session.get_outputs()], state_session.run(None, {})))
     rng = np.random.default_rng(0)
     loss = session.run(["loss"], {"x": rng.standard_normal((3, 7, 6)).astype(np.float32),
-                                  "y": np.array([0, 1, 2], dtype=np.int64)})[0]
+                                  "y": np.array([0, 1, 2], dtype=np.int64), **state})[0]
     assert np.isfinite(loss)
