@@ -2,6 +2,8 @@
 
     graphc run model.onnx --input x=batch.npy --output-dir out/ [--provider cpu|cuda|auto] [--json] [--cast]
     graphc info model.onnx [--json]
+    graphc train model.onnx --data train.npz --input x --target y --out tuned.onnx [--loss ...] [--optim ...] ...
+    graphc quantize model.onnx --out model.int8.onnx [--calibrate x=calib.npy ...] [--dynamic] [--per-channel]
 
 Exit codes: 0 success; 2 bad usage or bad input (including a model file that
 breaks the ONNX format: names that are not UTF-8, undefined element types,
@@ -55,6 +57,45 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _add_train_parser(commands) -> None:
+    """``graphc train``. Its handler lives in ``graphc.cli_train``, named by string and imported only when
+    the command runs: the CLI is the one place in ``runtime`` allowed to reach into ``graphc`` (training an
+    imported model needs the front end: ``gc.load_onnx``, autodiff, ``gc.Trainer``)."""
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model on arrays from a .npz file and write the tuned model",
+        description="Fine-tune MODEL (its floating-point initializers are the parameters) on the --data arrays "
+        "--input (the model input of that name) and --target, with a progress bar on stderr; write the original "
+        "graph with the tuned weights to --out. With --checkpoint DIR, DIR/train.ckpt is written after every "
+        "epoch; --resume continues from it exactly as an uninterrupted run would.",
+    )
+    train.add_argument("model", metavar="MODEL.onnx")
+    train.add_argument("--data", required=True, metavar="TRAIN.npz",
+                       help="arrays --input and --target, one row per sample")
+    train.add_argument("--input", required=True, metavar="NAME", help="the model input, and its array in --data")
+    train.add_argument("--target", default="y", metavar="NAME",
+                       help="the targets' array in --data: class indices (cross_entropy) or values shaped like the "
+                            "output (mse); default: y")
+    train.add_argument("--output", metavar="NAME", help="the model output the loss reads (default: the first)")
+    train.add_argument("--loss", choices=("cross_entropy", "mse"), default="cross_entropy")
+    train.add_argument("--optim", choices=("adam", "sgd"), default="adam")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default: 0)")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--freeze", action="append", default=[], metavar="PREFIX",
+                       help="keep parameters whose name starts with PREFIX unchanged; repeat for several")
+    train.add_argument("--val", metavar="VAL.npz", help="arrays --input and --target to evaluate after each epoch")
+    train.add_argument("--seed", type=int, default=0, help="data order and dropout masks (default: 0)")
+    train.add_argument("--checkpoint", metavar="DIR", help="write DIR/train.ckpt after every epoch")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
+    train.add_argument("--out", required=True, metavar="TUNED.onnx", help="the tuned model file to write")
+    train.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="cpu")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines on stderr")
+    train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    train.set_defaults(handler="graphc.cli_train:cmd_train")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphc", description="Run or describe any ONNX model with ONNX Runtime.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info}")
@@ -95,6 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="MODEL.onnx")
     info.add_argument("--json", action="store_true", help="print the information as JSON")
     info.set_defaults(handler="cmd_info")
+    _add_train_parser(commands)
+
+    quantize = commands.add_parser(
+        "quantize",
+        help="quantize a model to int8 with ONNX Runtime's quantization tools",
+        description="Write an int8 copy of MODEL with ONNX Runtime's quantizer. Static (default): a QDQ model "
+        "calibrated (MinMax) on --calibrate arrays, one per model input, cut into batches along dim 0; "
+        "ONNX Runtime's pre-processing runs first. --dynamic: int8 weights, activations quantized at run time.",
+    )
+    quantize.add_argument("model", metavar="MODEL.onnx")
+    quantize.add_argument("--out", required=True, metavar="OUT.onnx", help="the quantized model file to write")
+    quantize.add_argument("--calibrate", action="append", default=[], metavar="NAME=FILE",
+                          help="calibration rows for input NAME (.npy, .npz or .json); repeat for each input")
+    quantize.add_argument("--dynamic", action="store_true", help="dynamic quantization (no calibration)")
+    quantize.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    quantize.add_argument("--json", action="store_true", help="print the summary as JSON")
+    quantize.set_defaults(handler="runtime.cli_quantize:cmd_quantize")
+
+    optimize = commands.add_parser(
+        "optimize",
+        help="simplify and fuse a model with graphc's export pipeline",
+        description="Write an optimized copy of MODEL: constant folding, eval BatchNorm folded into Conv/Gemm, "
+        "MatMul+Add -> Gemm, LayerNorm and GELU patterns -> LayerNormalization/Gelu, no-op and dead nodes "
+        "removed. Prints each pass that changed the model (name: nodes before -> after).",
+    )
+    optimize.add_argument("model", metavar="MODEL.onnx")
+    optimize.add_argument("--out", required=True, metavar="OUT.onnx", help="the optimized model file to write")
+    optimize.add_argument("--json", action="store_true", help="print the summary as JSON")
+    optimize.set_defaults(handler="runtime.cli_optimize:cmd_optimize")
     return parser
 
 
@@ -133,7 +203,10 @@ def _main(argv: list, as_json: bool) -> int:
         return _fail(f"cannot load the runtime: {exc} (is the graphc package installed with its dependencies?)",
                      1, as_json)
     try:
-        text = getattr(cli_commands, args.handler)(args)
+        # handler "cmd_x" lives in runtime.cli_commands; "module:cmd_x" in a module of its own
+        module_name, _, handler = args.handler.rpartition(":")
+        commands = __import__(module_name, fromlist=[handler]) if module_name else cli_commands
+        text = getattr(commands, handler)(args)
     except (UsageError, InputError, InvalidModelError) as exc:
         return _fail(exc, 2, as_json)
     except (ModelLoadError, ProviderError, RunFailure) as exc:

@@ -213,6 +213,12 @@ def _quantization_roles(graph: onnx.GraphProto) -> tuple[set, set]:
         positions = _QUANT_PARAMETER_INPUTS[node.op_type]
         for i, name in enumerate(node.input):
             (params if i in positions else data).add(name)
+    # Dynamic quantization (ORT's quantize_dynamic) multiplies the run-time activation scale (output 1
+    # of DynamicQuantizeLinear) by the weight's scale, a float initializer: a scale, not a weight.
+    dynamic_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
+    for node in graph.node:
+        if node.op_type == "Mul" and dynamic_scales & set(node.input):
+            params.update(name for name in node.input if name not in dynamic_scales)
     return params - data, data
 
 

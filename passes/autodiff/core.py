@@ -8,7 +8,8 @@ the resulting values (``gc.grad``).
 
 Invariants: only nodes that depend on a ``wrt`` value and lead to an output
 are visited; a value used several times gets the sum of its cotangents;
-integer and boolean values carry no cotangent; ``Identity`` nodes marked with
+integer and boolean values carry no cotangent (except ``QuantizeLinear``'s output:
+fake quantization's straight-through path, ``registry.is_float``); ``Identity`` nodes marked with
 the ``graphc.stop_gradient`` metadata key stop the flow.
 """
 
@@ -23,6 +24,7 @@ import passes.autodiff.rules  # noqa: F401  (registers every rule)
 from passes.autodiff.helpers import zeros_of
 from passes.autodiff.registry import VJP_RULES, MissingGradientError, VJPContext, is_float
 from passes.emitter import Emitter
+from passes.lower_recurrent import is_recurrent, lower_recurrent_nodes
 from passes.traversal import topological_nodes
 
 STOP_GRADIENT_KEY = "graphc.stop_gradient"
@@ -67,6 +69,10 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
         if any(v in depends for v in node.inputs if is_float(v)) and any(is_float(o) for o in node.outputs):
             active.append(node)
             depends.update(o for o in node.outputs if is_float(o))
+    if any(is_recurrent(node) for node in active):  # ONNX's LSTM/GRU/RNN: lowered in place, then walked
+        lowered = lower_recurrent_nodes(active)
+        return vjp([lowered.get(v, v) for v in outputs], [lowered.get(v, v) for v in wrt], seeds, emitter,
+                   unreachable)
 
     contributions: dict[ir.Value, list[ir.Value]] = {}
     seeds = list(seeds) if seeds is not None else [None] * len(outputs)

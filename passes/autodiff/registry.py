@@ -39,7 +39,15 @@ def register_vjp(op_type: str) -> Callable[[VJPRule], VJPRule]:
 
 
 def is_float(value: ir.Value | None) -> bool:
-    return value is not None and value.dtype in FLOAT_TYPES
+    """Whether ``value`` carries a cotangent: a floating-point value, or the integer output of
+    ``QuantizeLinear``, whose float cotangent carries fake quantization's straight-through gradient
+    to ``DequantizeLinear`` (see ``rules/quantize.py``)."""
+    if value is None:
+        return False
+    if value.dtype in FLOAT_TYPES:
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "QuantizeLinear" and producer.domain in ("", "ai.onnx")
 
 
 class VJPContext:
