@@ -9,13 +9,17 @@ and ``runtime`` (ONNX Runtime sessions); neither of those imports ``graphc``.
 """
 
 from graphc import data, nn, optim
+from graphc import distributed
 from graphc.autograd import grad
 from graphc.errors import GraphcError, ShapeError
 from graphc.history import History, plot_history
+from graphc.onnx_import import ImportedModule, load_onnx
 from graphc.ops import clip, concat, stack, where
 from graphc.ops import cat, cumsum, full, full_like, ones, ones_like, zeros, zeros_like
 from graphc.summary import ModelSummary, summary
 from graphc.program import Program, compile
+from graphc import quantization
+from graphc.quantization import quantize
 from graphc.random import manual_seed
 from graphc.tensor import Tensor, constant, input
 from graphc.trainer import CheckpointError, NonFiniteLossError, Trainer
@@ -27,7 +31,7 @@ __getattr__ = _module_getattr(__name__, "gc.")  # gc.foo: "graphc has no gc.foo;
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
+__all__ = ["data", "distributed", "nn", "optim", "grad", "compile", "Program", "Trainer", "Tensor", "input", "constant", "manual_seed",
            "concat", "stack", "where", "clip", "cat", "cumsum", "zeros", "ones", "full", "zeros_like", "ones_like",
            "full_like", "summary", "ModelSummary", "GraphcError", "ShapeError", "NonFiniteLossError", "CheckpointError",
-           "RunError", "SymbolicValueError", "History", "plot_history", "__version__"]
+           "RunError", "SymbolicValueError", "load_onnx", "ImportedModule", "quantize", "quantization", "History", "plot_history", "__version__"]

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.autodiff.helpers import reduction_axes, restore_reduced, static_dims
+from passes.autodiff.helpers import normalize_axes, restore_reduced, static_dims
+from passes.autodiff.helpers import reduction_axes as _input_axes
 from passes.autodiff.helpers import shape_of as _shape_of
 from passes.autodiff.registry import VJPContext, register_vjp
+
+
+def reduction_axes(ctx: VJPContext) -> list[int]:
+    """The reduced axes in the form of the node's opset: the ``axes`` attribute (ReduceSum < 13, the other
+    Reduce* < 18), else input 1. Reading only input 1 made opset-17 gradients silently wrong (issue 8)."""
+    if "axes" in ctx.node.attributes:
+        return normalize_axes([int(a) for a in ctx.attr("axes")], len(ctx.inputs[0].shape))
+    return _input_axes(ctx)
 
 
 @register_vjp("ReduceSum")
