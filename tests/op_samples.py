@@ -472,7 +472,7 @@ row("gather_symbolic_rows", _gather(0, (3, 2)),
     [In("x", (5, 2), decl=("vocab", 2)), In("idx", (3,), fixed([4, 0, 4]), "int64")], lambda x, i: x[i],
     ["Gather"])
 row("gather_axis1", _gather(1, (2, 2)), [In("x", (2, 3)), In("idx", (2,), fixed([2, 0]), "int64")],
-    lambda x, i: x[:, i], ["Gather"], grad_gap=r"Gather .*axis=0 only")
+    lambda x, i: x[:, i], ["Gather"])
 
 # ---- softmaxes ----------------------------------------------------------
 row("softmax_last", F.softmax, [In("x", (2, 5))], lambda x: _np_softmax(x, -1), ["Softmax"])
@@ -715,6 +715,183 @@ row("batch_norm_training_with_running_stats", lambda x, m, v: F.batch_norm(x, m,
     [In("x", (4, 3, 5)), *_STATS],
     torch_ref(lambda tf, x, m, v: tf.batch_norm(x, m.clone(), v.clone(), training=True)), ["ReduceMean"])
 
+# ---- single ONNX ops that imported models carry (rules in activations/normalization/gather/layout/...) ----
+def _op(op_type, shape, attrs=None, extra=(), num_outputs=1, extra_outputs=()):
+    """A builder emitting one ``op_type`` node on the row's inputs plus constant ``extra`` inputs."""
+    def build(*tensors):
+        consts = [e if not isinstance(e, np.ndarray) else
+                  gc.constant(e, dtype=tensors[0].dtype if e.dtype.kind == "f" else None) for e in extra]
+        out = emit(op_type, [*tensors, *consts], attrs, shape=shape, dtype=tensors[0].dtype,
+                   num_outputs=num_outputs, extra_outputs=extra_outputs)
+        return out[0] if num_outputs > 1 else out
+    return build
+
+
+def _np_gelu(x, tanh=False):
+    if tanh:
+        return 0.5 * x * (1 + np.tanh(_F32(np.sqrt(2 / np.pi)) * (x + _F32(0.044715) * x ** 3)))
+    import math
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
+
+
+def _F32(value):
+    """A float attribute or function-body constant as ONNX stores it (float32), for exact references."""
+    return float(np.float32(value))
+
+
+def _np_standardize(x, axes, eps=_F32(1e-5)):
+    mean = x.mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+
+
+_KINKS_AWAY = away_from_zero(0.1)
+row("gelu_op_exact", _op("Gelu", (3, 4)), [In("x", (3, 4))], _np_gelu, ["Gelu"], ort_float64=False,
+    fd_eps=1e-3, rtol=1e-4, atol=1e-4, xfail_in=("forward",),
+    xfail="onnx's reference Gelu rounds erf through float32 (3.6e-8 relative), above the 1e-10 forward tolerance",
+    note="a large step: finite differences of the reference's float32-rounded Gelu")
+row("gelu_op_tanh", _op("Gelu", (3, 4), {"approximate": "tanh"}), [In("x", (3, 4), normal(2.0))],
+    lambda x: _np_gelu(x, tanh=True), ["Gelu"], ort_float64=False, xfail_in=("forward",),
+    xfail="onnx's reference Gelu (tanh) computes in float32 internally (1.8e-7 relative), above the 1e-10 "
+          "forward tolerance")
+row("softplus_op", _op("Softplus", (3, 4)), [In("x", (3, 4), normal(2.0))], lambda x: np.log1p(np.exp(x)),
+    ["Softplus"], ort_float64=False)
+row("leaky_relu_op", _op("LeakyRelu", (3, 4), {"alpha": 0.2}), [In("x", (3, 4), _KINKS_AWAY)],
+    lambda x: np.where(x > 0, x, _F32(0.2) * x), ["LeakyRelu"], ort_float64=False)
+row("elu_op", _op("Elu", (3, 4), {"alpha": 1.5}), [In("x", (3, 4), _KINKS_AWAY)],
+    lambda x: np.where(x > 0, x, 1.5 * (np.exp(x) - 1)), ["Elu"], ort_float64=False)
+row("hard_sigmoid_op", _op("HardSigmoid", (3, 4), {"alpha": 0.3, "beta": 0.4}),
+    [In("x", (3, 4), avoiding([-0.4 / 0.3, 0.6 / 0.3], 0.1, normal(2.0)))],
+    lambda x: np.clip(_F32(0.3) * x + _F32(0.4), 0, 1), ["HardSigmoid"], ort_float64=False)
+row("hard_swish_op", _op("HardSwish", (3, 4)), [In("x", (3, 4), avoiding([-3.0, 3.0], 0.1, normal(3.0)))],
+    lambda x: x * np.clip(_F32(1 / 6) * x + 0.5, 0, 1), ["HardSwish"], ort_float64=False)
+row("sin_op", _op("Sin", (3, 4)), [In("x", (3, 4), normal(2.0))], np.sin, ["Sin"])
+row("cos_op", _op("Cos", (3, 4)), [In("x", (3, 4), normal(2.0))], np.cos, ["Cos"])
+row("dropout_op_run_time_mode",
+    lambda x, t: emit("Dropout", [x, gc.constant(np.float64(0.25)), t], shape=(3, 4), dtype=x.dtype, num_outputs=2,
+                      extra_outputs=[((3, 4), "bool")])[0],
+    [In("x", (3, 4)), In("t", (), fixed(False), "bool")], lambda x, t: x, ["Dropout"],
+    note="training_mode fed at run time (false here: identity); a constant-false Dropout is folded away by "
+         "graphc's compile; the training form with a mask: test_vjp_dropout.py")
+row("global_average_pool", _op("GlobalAveragePool", (2, 3, 1, 1)), [In("x", (2, 3, 4, 5))],
+    lambda x: x.mean(axis=(2, 3), keepdims=True), ["GlobalAveragePool"], ort_float64=False)
+row("global_average_pool_symbolic_1d", _op("GlobalAveragePool", ("batch", 3, 1)),
+    [In("x", (2, 3, 4), decl=("batch", 3, "time"))], lambda x: x.mean(axis=2, keepdims=True),
+    ["GlobalAveragePool"], ort_float64=False)
+row("global_max_pool", _op("GlobalMaxPool", (2, 3, 1, 1)), [In("x", (2, 3, 3, 2), distinct())],
+    lambda x: x.max(axis=(2, 3), keepdims=True), ["GlobalMaxPool"], ort_float64=False)
+row("layer_normalization_op", _op("LayerNormalization", (2, 3, 4), {"axis": -1, "epsilon": 1e-3}),
+    [In("x", (2, 3, 4)), In("w", (4,)), In("b", (4,))],
+    lambda x, w, b: _np_standardize(x, (2,), _F32(1e-3)) * w + b, ["LayerNormalization"])
+row("layer_normalization_op_axis1_no_bias", _op("LayerNormalization", (2, 3, 4), {"axis": 1}),
+    [In("x", (2, 3, 4)), In("w", (3, 4))], lambda x, w: _np_standardize(x, (1, 2)) * w, ["LayerNormalization"])
+row("group_normalization_op", _op("GroupNormalization", (2, 4, 3), {"num_groups": 2, "stash_type": 11}),
+    [In("x", (2, 4, 3)), In("w", (4,)), In("b", (4,))],
+    lambda x, w, b: _np_standardize(x.reshape(2, 2, 6), (2,)).reshape(2, 4, 3) * w[:, None] + b[:, None],
+    ["GroupNormalization"], note="stash_type 11: statistics in float64 (the default stashes float32)")
+row("instance_normalization_op", _op("InstanceNormalization", (2, 3, 2, 2), {"epsilon": 1e-4}),
+    [In("x", (2, 3, 2, 2)), In("w", (3,)), In("b", (3,))],
+    lambda x, w, b: _np_standardize(x, (2, 3), _F32(1e-4)) * w[:, None, None] + b[:, None, None],
+    ["InstanceNormalization"], ort_float64=False)
+row("gather_axis1_repeated_negative", _op("Gather", (2, 2, 3, 4), {"axis": 1},
+                                          extra=(np.array([[0, -1, 0], [2, 1, 0]]),)),
+    [In("x", (2, 3, 4))], lambda x: x[:, np.array([[0, 2, 0], [2, 1, 0]])], ["Gather"])
+row("gather_axis_last_scalar_index", _op("Gather", (2, 3), {"axis": -1}, extra=(np.array(1),)),
+    [In("x", (2, 3, 4))], lambda x: x[..., 1], ["Gather"])
+row("gather_elements_axis1", _op("GatherElements", (2, 3), {"axis": 1},
+                                 extra=(np.array([[0, 0, -1], [2, 1, 1]]),)),
+    [In("x", (2, 4))], lambda x: np.take_along_axis(x, np.array([[0, 0, 3], [2, 1, 1]]), 1), ["GatherElements"])
+row("gather_nd_repeated", _op("GatherND", (3, 4), extra=(np.array([[0, 1], [1, 2], [0, 1]]),)),
+    [In("x", (2, 3, 4))], lambda x: x[[0, 1, 0], [1, 2, 1]], ["GatherND"])
+row("gather_nd_batch_dims1", _op("GatherND", (2, 2), {"batch_dims": 1}, extra=(np.array([[[1], [0]], [[2], [2]]]),)),
+    [In("x", (2, 3))], lambda x: np.stack([x[0, [1, 0]], x[1, [2, 2]]]), ["GatherND"])
+
+
+def _np_scatter_nd(x, updates, reduction="none"):
+    out = x.copy()
+    for k, (i, j) in enumerate([(1, 0), (0, 2)]):
+        out[i, j] = updates[k] if reduction == "none" else out[i, j] + updates[k]
+    return out
+
+
+def _np_sce(reduction):
+    """SoftmaxCrossEntropyLoss of x (4, 3), targets [0, 1, 2, 2], weights [0.5, 2, 1.5], ignore_index 1."""
+    def ref(x):
+        target, weight = np.array([0, 1, 2, 2]), np.array([0.5, 2.0, 1.5])
+        w = weight[target] * (target != 1)
+        losses = -w * _np_log_softmax(x, 1)[np.arange(4), target]
+        return {"none": losses, "sum": losses.sum(), "mean": losses.sum() / w.sum()}[reduction]
+    return ref
+
+
+def _np_sce_log_prob_nd(x):
+    log_prob = _np_log_softmax(x, 1)
+    target = np.array([[0, 2], [1, 1]])
+    picked = np.take_along_axis(log_prob, target[:, None, :], 1)
+    return -picked.mean() + log_prob.sum()
+
+
+def _scatter_nd(reduction):
+    def build(x, u):
+        indices = gc.constant(np.array([[1, 0], [0, 2]]))
+        return emit("ScatterND", [x, indices, u], {"reduction": reduction}, shape=(2, 3, 4), dtype=x.dtype)
+    return build
+
+
+for reduction in ("none", "add"):
+    row(f"scatter_nd_{reduction}", _scatter_nd(reduction), [In("x", (2, 3, 4)), In("u", (2, 4))],
+        lambda x, u, r=reduction: _np_scatter_nd(x, u, r), ["ScatterND"])
+row("top_k_axis1_values", _op("TopK", (2, 2, 3), {"axis": 1}, extra=(np.array([2]),), num_outputs=2,
+                              extra_outputs=[((2, 2, 3), "int64")]),
+    [In("x", (2, 4, 3), distinct())], lambda x: -np.sort(-x, axis=1)[:, :2], ["TopK"])
+row("top_k_smallest", _op("TopK", (3, 1), {"largest": 0}, extra=(np.array([1]),), num_outputs=2,
+                          extra_outputs=[((3, 1), "int64")]),
+    [In("x", (3, 4), distinct())], lambda x: np.sort(x, axis=1)[:, :1], ["TopK"])
+row("tile", _op("Tile", (4, 3, 2), extra=(np.array([2, 3, 1]),)), [In("x", (2, 1, 2))],
+    lambda x: np.tile(x, (2, 3, 1)), ["Tile"])
+row("tile_symbolic_batch", _op("Tile", ("batch", 6), extra=(np.array([1, 2]),)),
+    [In("x", (2, 3), decl=("batch", 3))], lambda x: np.tile(x, (1, 2)), ["Tile"])
+row("pad_constant_value_input",
+    lambda x, v: emit("Pad", [x, gc.constant(np.array([1, 0, 0, 2])), v], {"mode": "constant"},
+                      shape=(3, 5), dtype=x.dtype),
+    [In("x", (2, 3)), In("v", ())],
+    lambda x, v: np.pad(x, ((1, 0), (0, 2)), constant_values=v), ["Pad"])
+row("pad_reflect_axes", _op("Pad", (2, 8), {"mode": "reflect"}, extra=(np.array([2, 1]), None, np.array([-1]))),
+    [In("x", (2, 5))], lambda x: np.pad(x, ((0, 0), (2, 1)), mode="reflect"), ["Pad"])
+row("pad_edge_2d", _op("Pad", (4, 6), {"mode": "edge"}, extra=(np.array([1, 2, 0, 1]),)), [In("x", (3, 3))],
+    lambda x: np.pad(x, ((1, 0), (2, 1)), mode="edge"), ["Pad"])
+row("trilu_upper_k1", _op("Trilu", (2, 3, 4), extra=(np.array(1),)), [In("x", (2, 3, 4))],
+    lambda x: np.triu(x, 1), ["Trilu"])
+row("trilu_lower", _op("Trilu", (3, 3), {"upper": 0}), [In("x", (3, 3))], np.tril, ["Trilu"])
+row("einsum_batched_matmul", _op("Einsum", (2, 3, 5), {"equation": "bij,bjk->bik"}),
+    [In("a", (2, 3, 4)), In("b", (2, 4, 5))], lambda a, b: np.einsum("bij,bjk->bik", a, b), ["Einsum"])
+row("einsum_summed_letter_ellipsis_implicit", _op("Einsum", (2, 4), {"equation": "...ij,j"}),
+    [In("a", (2, 4, 3)), In("b", (3,))], lambda a, b: np.einsum("...ij,j", a, b), ["Einsum"])
+row("einsum_letter_only_in_one_operand", _op("Einsum", (3,), {"equation": "ij,k->i"}),
+    [In("a", (3, 4)), In("b", (2,))], lambda a, b: np.einsum("ij,k->i", a, b), ["Einsum"])
+for reduction in ("mean", "sum", "none"):
+    row(f"softmax_cross_entropy_{reduction}_weights_ignore",
+        _op("SoftmaxCrossEntropyLoss", () if reduction != "none" else (4,),
+            {"reduction": reduction, "ignore_index": 1},
+            extra=(np.array([0, 1, 2, 2]), np.array([0.5, 2.0, 1.5]))),
+        [In("x", (4, 3))], _np_sce(reduction), ["SoftmaxCrossEntropyLoss"])
+row("softmax_cross_entropy_log_prob_nd",
+    lambda x: (lambda out: out[0] + out[1].sum())(
+        emit("SoftmaxCrossEntropyLoss", [x, gc.constant(np.array([[0, 2], [1, 1]]))], {"reduction": "mean"},
+             shape=(), dtype=x.dtype, num_outputs=2, extra_outputs=[((2, 3, 2), x.dtype)])),
+    [In("x", (2, 3, 2))], _np_sce_log_prob_nd, ["SoftmaxCrossEntropyLoss"],
+    note="both outputs used: the log_prob cotangent adds to the loss's")
+for op_type, fn in (("ReduceL2", lambda x, axes: np.sqrt((x ** 2).sum(axis=axes, keepdims=True))),
+                    ("ReduceLogSumExp", lambda x, axes: np.log(np.exp(x).sum(axis=axes, keepdims=True))),
+                    ("ReduceSumSquare", lambda x, axes: (x ** 2).sum(axis=axes, keepdims=True)),
+                    ("ReduceL1", lambda x, axes: np.abs(x).sum(axis=axes, keepdims=True)),
+                    ("ReduceLogSum", lambda x, axes: np.log(x.sum(axis=axes, keepdims=True)))):
+    draw = uniform(0.2, 2.0) if op_type == "ReduceLogSum" else away_from_zero(0.1)
+    row(f"{op_type.lower()}_axes02", _op(op_type, (3,), {"keepdims": 0}, extra=(np.array([0, -1]),)),
+        [In("x", (2, 3, 4), draw)], lambda x, fn=fn: fn(x, (0, 2)).reshape(3), [op_type])
+    row(f"{op_type.lower()}_all_keepdims", _op(op_type, (1, 1)), [In("x", (2, 3), draw)],
+        lambda x, fn=fn: fn(x, (0, 1)), [op_type])
+
+
 # ---- Split and Scan (what the recurrent layers lower to) ---------------------------
 def _split3(x):
     first, _unused, last = emit("Split", [x], {"axis": 1, "num_outputs": 3}, shape=(2, 2), dtype=x.dtype,
@@ -770,16 +947,22 @@ def _recurrent_row(id, mode: str, runner: str, time, with_state: bool = False):
         inputs += [In("h0", (batch, hidden)), In("c0", (batch, hidden))]
 
     def build(x, w_ih, w_hh, b_ih, b_hh, *state):
-        run = recurrent._run_scan if runner == "scan" else recurrent._run_unrolled
-        out, final = run(mode, x, tuple(state) or None, recurrent.LayerWeights(w_ih, w_hh, b_ih, b_hh), 0, False)
+        # runner "onnx_op": ONNX's own node (autodiff lowers it); otherwise the lowering emitted directly
+        out, final = recurrent._run_onnx_layer(mode, x, [tuple(state) or None],
+                                               [recurrent.LayerWeights(w_ih, w_hh, b_ih, b_hh)], hidden,
+                                               lower=runner != "onnx_op")
         return out + final[-1] if mode == "LSTM" else out  # LSTM: the final cell state too
 
     def ref(x, w_ih, w_hh, b_ih, b_hh, *state):
         out, c = _np_recurrent(mode, x, w_ih, w_hh, b_ih, b_hh, *state)
         return out + c if mode == "LSTM" else out
 
+    if runner == "onnx_op":
+        row(id, build, inputs, ref, [{"RNN_TANH": "RNN"}.get(mode, mode)], ort_float64=False,
+            note="ONNX's op (float32 only in ONNX Runtime); its gradient through passes/lower_recurrent.py")
+        return
     row(id, build, inputs, ref, ["Scan"] if runner == "scan" else ["Split"],
-        note="graphc.nn.recurrent's private lowerings, fed graph inputs as weights")
+        note="passes/lower_recurrent.py's lowering emitted directly, fed graph inputs as weights")
 
 
 _recurrent_row("rnn_tanh_scan_symbolic_time", "RNN_TANH", "scan", "time")
@@ -787,3 +970,48 @@ _recurrent_row("lstm_scan_with_state", "LSTM", "scan", "time", with_state=True)
 _recurrent_row("gru_scan", "GRU", "scan", "time")
 _recurrent_row("lstm_unrolled", "LSTM", "unrolled", 3)
 _recurrent_row("gru_unrolled", "GRU", "unrolled", 3)
+_recurrent_row("lstm_onnx_op_symbolic_time", "LSTM", "onnx_op", "time", with_state=True)
+_recurrent_row("gru_onnx_op", "GRU", "onnx_op", 3)
+_recurrent_row("rnn_tanh_onnx_op", "RNN_TANH", "onnx_op", 3)
+
+
+# ---- QuantizeLinear / DequantizeLinear (fake quantization, straight-through gradient) ----------
+# ONNX's quantization ops take float32, not float64: rows cast around them. Finite differences see
+# the true derivative, so inputs are drawn where it equals the straight-through rule's: saturated
+# (|x| beyond the int8 range: dx = 0, ds = q - zp), and the linear DequantizeLinear. The in-range
+# straight-through gradient is checked against torch's fake quantization in tests/test_qat.py.
+def _np_qdq(x, s, zp, qmin, qmax, axis=None):
+    x32, s32 = x.astype(np.float32), s.astype(np.float32)
+    if axis is not None:
+        s32 = s32.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        zp = zp.reshape(s32.shape)
+    q = np.clip(np.rint(x32 / s32) + zp, qmin, qmax)
+    return ((q - zp).astype(np.float32) * s32).astype(np.float64)
+
+
+def _qdq(x, s, zp, qdtype, axis=None):
+    attrs = {} if axis is None else {"axis": axis}
+    x32, s32 = x.astype("float32"), s.astype("float32")
+    zp_inputs = [] if zp is None else [gc.constant(zp)]
+    q = emit("QuantizeLinear", [x32, s32, *zp_inputs], attrs, shape=x.shape, dtype=qdtype)
+    return emit("DequantizeLinear", [q, s32, *zp_inputs], attrs, shape=x.shape, dtype=np.float32).astype("float64")
+
+
+_ZP = np.array(3, np.int8)
+row("quantize_dequantize_saturated", lambda x, s: _qdq(x, s, _ZP, np.int8),
+    [In("x", (2, 3), away_from_zero(20.0, 30.0)), In("s", (), uniform(0.05, 0.1))],
+    lambda x, s: _np_qdq(x, s, 3, -128, 127), ["QuantizeLinear", "DequantizeLinear", "Cast"],
+    fd_eps=1e-3, rtol=1e-4, atol=1e-3, note="float32 inside: a larger step keeps rounding small against it")
+row("quantize_dequantize_per_axis_uint8_saturated", lambda x, s: _qdq(x, s, None, np.uint8, axis=0),
+    [In("x", (3, 2), away_from_zero(40.0, 60.0)), In("s", (3,), uniform(0.05, 0.1))],
+    lambda x, s: _np_qdq(x, s, np.zeros(3), 0, 255, axis=0), ["QuantizeLinear", "DequantizeLinear"],
+    fd_eps=1e-3, rtol=1e-4, atol=1e-3, note="no zero point: uint8, as the spec says")
+_ZP_AXIS = np.array([-2, 0, 5], np.int8)
+row("dequantize_linear_per_axis",
+    lambda q, s: emit("DequantizeLinear", [q, s.astype("float32"), gc.constant(_ZP_AXIS)], {"axis": 1},
+                      shape=q.shape, dtype=np.float32).astype("float64"),
+    [In("q", (2, 3, 2), lambda rng, shape: rng.integers(-128, 128, shape), dtype="int8"),
+     In("s", (3,), uniform(0.5, 2.0))],
+    lambda q, s: ((q.astype(np.float32) - _ZP_AXIS.reshape(1, 3, 1)) * s.astype(np.float32).reshape(1, 3, 1)
+                  ).astype(np.float64),
+    ["DequantizeLinear"], fd_eps=1e-3, rtol=1e-4, atol=1e-3)

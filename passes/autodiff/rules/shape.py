@@ -133,15 +133,28 @@ def _unstride(ctx: VJPContext, g, dim, axis: int, start: int, stop: int, step: i
 
 @register_vjp("Gather")
 def gather_vjp(ctx: VJPContext):
-    """Gather(x, idx; axis=0) -> y = x[idx];  dx = ScatterND-add of g's rows into zeros(x).
+    """Gather(x, idx; axis) -> y = x[..., idx, ...];  dx = ScatterND-add of g's slices into zeros(x).
 
     Repeated indices accumulate (an embedding row used twice gets both
-    cotangents). Only ``axis=0`` is supported, which is what Embedding emits.
+    cotangents). ``axis=0`` (what Embedding emits) scatters directly; another
+    axis a is moved to the front first: zeros shaped like x with a first,
+    g with its index axes [a, a + rank(idx)) first, the sum transposed back.
     """
-    if ctx.attr("axis", 0) != 0:
-        raise NotImplementedError("the gradient of Gather is implemented for axis=0 only")
     x, indices = ctx.inputs
+    rank = len(x.shape)
+    axis = ctx.attr("axis", 0) % rank
+    if indices.dtype is not None and indices.dtype != ir.DataType.INT64:
+        indices = ctx.op("Cast", [indices], {"to": ir.DataType.INT64})
     idx = ctx.op("Unsqueeze", [indices, ctx.e.ints([-1])])
-    dim0 = ctx.op("Shape", [x], {"start": 0, "end": 1})
-    idx = ctx.op("Where", [ctx.op("Less", [idx, ctx.e.ints([0])]), ctx.op("Add", [idx, dim0]), idx])
-    return [ctx.op("ScatterND", [zeros_like(ctx, x), idx, ctx.g], {"reduction": "add"}), None]
+    dim = ctx.op("Shape", [x], {"start": axis, "end": axis + 1})
+    idx = ctx.op("Where", [ctx.op("Less", [idx, ctx.e.ints([0])]), ctx.op("Add", [idx, dim]), idx])
+    if axis == 0:
+        return [ctx.op("ScatterND", [zeros_like(ctx, x), idx, ctx.g], {"reduction": "add"}), None]
+    q = len(indices.shape)
+    x_perm = [axis] + [d for d in range(rank) if d != axis]
+    g_perm = list(range(axis, axis + q)) + list(range(axis)) + list(range(axis + q, rank - 1 + q))
+    zero = ir.Tensor(np.zeros((1,), dtype=x.dtype.numpy()))
+    zeros = ctx.op("ConstantOfShape", [ctx.op("Gather", [ctx.op("Shape", [x]), ctx.e.ints(x_perm)])], {"value": zero})
+    moved = ctx.op("ScatterND", [zeros, idx, ctx.op("Transpose", [ctx.g], {"perm": g_perm})], {"reduction": "add"})
+    inverse = [x_perm.index(d) for d in range(rank)]
+    return [ctx.op("Transpose", [moved], {"perm": inverse}), None]
