@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -26,7 +27,9 @@ from graphc.optim import Optimizer
 from graphc.program import build_model, for_export, to_proto
 from graphc.random import RNG_KEY, key_for_step
 from graphc.state import updates_computed_with
+from graphc import distributed
 from graphc.tensor import Tensor
+from passes.portable_step import SEED, PortableStepPass, seed_value, state_model
 from passes.state_layout import per_parameter_state, regroup_state
 from passes.training_step import build_training_step
 from runtime.atomic import atomic_write
@@ -76,12 +79,15 @@ class Trainer:
             and slower for SGD.
         io_binding: keep the state in device OrtValues bound with IOBinding (default: on CUDA only;
             on CPU plain numpy feeds measured faster).
+        distributed: data-parallel over the MPI world of ``gc.distributed`` (initialised if needed):
+            rank 0's parameters at build, gradients averaged every step, writes from rank 0 only
+            (``graphc.distributed``, ``docs/distributed.md``).
     """
 
     def __init__(self, loss: Tensor, optimizer: Optimizer, inputs: Sequence[Tensor], provider: str = "cpu",
                  seed: int = 0, metrics: Mapping[str, Tensor] | None = None, max_grad_norm: float | None = None,
                  nan_policy: str = "raise", threads: int | None = None, fuse_update: bool = False,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, distributed: bool = False):
         if not isinstance(loss, Tensor) or loss.shape != ():
             raise ValueError(f"the loss must be a scalar Tensor, got {loss!r}")
         if not isinstance(optimizer, Optimizer):
@@ -94,6 +100,7 @@ class Trainer:
         self._session_args = dict(provider=provider, nan_policy=nan_policy, threads=threads,
                                   io_binding=io_binding)
         self._parked: dict[str, np.ndarray] = {}  # optimizer state of parameters frozen since the build
+        self._distributed = bool(distributed)
         self._build()
         self.last_metrics: dict[str, np.ndarray] = {}
         self._loader = None
@@ -125,6 +132,7 @@ class Trainer:
         frozen = [v for k, v in names.items() if k not in trained]
         state_names = self._graph_names(forward, [u.buffer for u in updates])
         state_updates = {state_names[id(u.buffer)]: key for u, key in zip(updates, update_outputs)}
+        split_source = forward.clone() if self._distributed else None  # the data-parallel step's source
         step = build_training_step(forward, list(trained.values()), optimizer.config,
                                    max_grad_norm=args["max_grad_norm"], fuse_update=args["fuse_update"],
                                    state_updates=state_updates, frozen=frozen)
@@ -139,7 +147,9 @@ class Trainer:
             values, unused = regroup_state({**self._parked, **current}, carried, step.flat_layouts)
             initial.update(values)
         step_model: onnx.ModelProto = to_proto(step.model)
-        session = TrainingSession(step_model, initial, **self._session_args)
+        session = TrainingSession(step_model, initial, **self._session_args) if split_source is None else \
+            distributed.build_session(split_source, list(trained.values()), frozen, state_updates, optimizer.config,
+                                      initial, args, self._session_args, RNG_KEY if self._random else None)
         if old is not None:
             session.skipped_steps = old.skipped_steps
             self._parked = unused
@@ -227,6 +237,7 @@ class Trainer:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if plot is not None:
             require_matplotlib()  # before training, not after an hour of it
+        progress = progress and distributed.is_rank_zero(self)  # one progress bar: rank 0's
         self._loader = loader
         history = self.__dict__["_history"] = History()
         best, waited = None, 0
@@ -260,7 +271,7 @@ class Trainer:
             if patience is not None:
                 if monitor not in record:
                     raise KeyError(f"early stopping monitors {monitor!r}, but the epoch record has {sorted(record)}")
-                value = record[monitor]
+                value = distributed.rank_zero_value(self, record[monitor])  # every rank stops alike
                 improved = not (isinstance(value, float) and math.isnan(value)) and (
                     best is None or (value < best if mode == "min" else value > best))
                 if improved:
@@ -288,6 +299,7 @@ class Trainer:
                       stacklevel=3)
 
     # ---- checkpoints ------------------------------------------------------
+    @distributed.rank_zero_writes("save_checkpoint")
     def save_checkpoint(self, path, loader=None) -> None:
         """Atomically save parameters, optimizer state and hyperparameters, step, lr, seed, the lr
         schedulers' states and (if any) the data position.
@@ -360,20 +372,47 @@ class Trainer:
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:
-        """The training step with the current parameters, state, step and lr as initializers."""
+        """The training step as a portable model: the batch and every piece of state are plain inputs.
+
+        State inputs (no initializers): parameters, optimizer slots, ``step``, ``lr`` and, for a step
+        that draws random numbers, ``seed``, from which the graph derives each step's dropout key as
+        ``trainer.step`` does (``passes.portable_step``). Outputs: ``loss``, the metrics (and
+        ``grad_check``: 0 when every gradient is finite, else NaN), then ``<name>.updated`` for each
+        state input that changes. ``state_model()`` holds the current values of the state inputs.
+        """
         self._follow_requires_grad()
-        model = copy.deepcopy(self.step_model)
-        graph = model.graph
+        model = ir.from_proto(copy.deepcopy(self.step_model))  # the IR may share the proto's buffers
+        PortableStepPass(key_name=RNG_KEY)(model)
+        return to_proto(model)
+
+    def state_model(self) -> onnx.ModelProto:
+        """A model with no inputs whose outputs are the current values of ``training_model()``'s state inputs."""
+        self._follow_requires_grad()
         values = {name: self.session.read(name) for name in self.session.state_names()}
         values["lr"] = np.asarray(self.optimizer.lr, dtype=self.session._extra_inputs["lr"].dtype)
-        if self._random:  # the key of the next step, so the file draws the masks trainer.step would
-            values[RNG_KEY] = key_for_step(self.seed, self.steps_done)
-        for name, array in values.items():
-            graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
-        return model
+        if self._random:  # the graph derives the key of step s from (seed, s), as trainer.step does
+            values[SEED] = seed_value(self.seed)
+        return to_proto(state_model(values, doc_string="graphc training state: the current value of every "
+                                                       "state input of the training step, named as that input"))
 
+    @distributed.rank_zero_writes("trainer.save")
     def save(self, path) -> None:
-        """Write the training step as standard ONNX; ``InferenceSession(path).run(None, batch)`` trains one step."""
-        model = for_export(self.training_model())
-        onnx.checker.check_model(model, full_check=True)
-        atomic_write(path, lambda handle: handle.write(model.SerializeToString()))
+        """Write the training step ``path`` and its state ``<stem>.state.onnx`` beside it, as standard ONNX.
+
+        Any ONNX Runtime binding trains with ``state = state_model.run({})``, then repeatedly
+        ``out = step.run({**batch, **state})`` and ``state[name] = out[name + ".updated"]`` for every
+        ``.updated`` output. Both files pass ``onnx.checker`` (full check) and are written atomically.
+        """
+        path = os.fspath(path)
+        models = {path: self.training_model(), state_path(path): self.state_model()}
+        for target, model in models.items():
+            model = for_export(model)
+            onnx.checker.check_model(model, full_check=True)
+            atomic_write(target, lambda handle, model=model: handle.write(model.SerializeToString()))
+
+
+def state_path(step_path) -> str:
+    """Where ``Trainer.save(step_path)`` writes the state model: ``step.onnx`` -> ``step.state.onnx``."""
+    step_path = os.fspath(step_path)
+    stem = step_path[:-len(".onnx")] if step_path.endswith(".onnx") else step_path
+    return stem + ".state.onnx"

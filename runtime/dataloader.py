@@ -39,10 +39,19 @@ class DataLoader:
     samples that are tuples/lists of arrays give tuples of batches, dicts give
     dicts, a single array (or number) gives one batch array. Every sample must
     have the same structure, and within a batch the same shapes and dtypes.
+
+    Sharding for data-parallel training, ``shard=(rank, world_size)``, as ``DistributedSampler``: every
+    rank draws the same epoch order (the same ``seed`` everywhere) and takes every ``world_size``-th
+    sample of it from position ``rank``, so the shards are disjoint and batch ``b`` of all ranks together
+    is batch ``b`` of one loader with ``world_size`` times the batch size. Every rank gets the same number
+    of samples, hence of steps: with ``drop_last=False`` the epoch order is padded by repeating its first
+    samples up to a multiple of ``world_size`` (a few samples count twice per epoch, as in PyTorch); with
+    ``drop_last=True`` its tail is cut to a multiple of ``world_size`` and each shard's incomplete last
+    batch is dropped. ``seed=None`` is refused with a shard: the ranks would shuffle differently.
     """
 
     def __init__(self, *arrays, batch_size: int = 1, shuffle: bool = False,
-                 drop_last: bool = False, seed: int | None = None):
+                 drop_last: bool = False, seed: int | None = None, shard: tuple[int, int] | None = None):
         self.dataset = None
         self._structure: tuple | None = None  # the sample structure of a map-style dataset, once seen
         if any(_is_dataset(a) for a in arrays) and len(arrays) > 1:
@@ -69,6 +78,10 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.shard = _check_shard(shard, shuffle, seed)
+        world = 1 if self.shard is None else self.shard[1]
+        # Samples this loader (this shard) yields per epoch: see "Sharding" in the class docstring.
+        self._shard_samples = num_samples // world if self.drop_last else -(-num_samples // world)
         self._rng = np.random.default_rng(seed)
         # Position: the current epoch, batches of it already handed out, and the
         # generator state from *before* its permutation was drawn (so the
@@ -101,8 +114,8 @@ class DataLoader:
     def __len__(self) -> int:
         """Number of batches per epoch."""
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self._shard_samples // self.batch_size
+        return -(-self._shard_samples // self.batch_size)
 
     @property
     def epoch(self) -> int:
@@ -115,6 +128,10 @@ class DataLoader:
         the uninterrupted run had it."""
         self._rng.bit_generator.state = self._rng_state
         self._order = self._rng.permutation(self.num_samples) if self.shuffle else None
+        if self.shard is not None:  # pad (repeating from the start) or cut to whole rounds, then stride
+            rank, world = self.shard
+            order = self._order if self._order is not None else np.arange(self.num_samples)
+            self._order = np.resize(order, self._shard_samples * world)[rank::world]
 
     def _next_epoch(self) -> None:
         self._epoch += 1
@@ -123,7 +140,7 @@ class DataLoader:
         self._order = None
 
     def _take(self, b: int):
-        start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+        start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self._shard_samples)
         index = slice(start, stop) if self._order is None else self._order[start:stop]
         if self.dataset is not None:
             return self._collate(range(start, stop) if self._order is None else index)
@@ -197,6 +214,9 @@ class DataLoader:
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            # Only the world size, not the rank: every shard is at the same position, so one rank's
+            # saved position restores every rank (gc.Trainer saves rank 0's). Absent when unsharded.
+            **({"shard_world_size": self.shard[1]} if self.shard is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -212,6 +232,11 @@ class DataLoader:
                     f"DataLoader.load_state_dict: saved {key}={state[key]!r} but this loader has "
                     f"{key}={getattr(self, key)!r}; resuming would not reproduce the saved order"
                 )
+        saved_world, world = state.get("shard_world_size", 1), 1 if self.shard is None else self.shard[1]
+        if saved_world != world:
+            raise ValueError(f"DataLoader.load_state_dict: saved with shards over a world of {saved_world!r} "
+                             f"process(es), this loader is sharded over {world}; resuming would not reproduce "
+                             f"the saved order")
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if epoch < 0 or not 0 <= batch <= len(self):
             raise ValueError(f"DataLoader.load_state_dict: bad position epoch={epoch}, batch={batch} "
@@ -227,6 +252,21 @@ class DataLoader:
         self._order = None
         self._resume = True
         self._live = None
+
+
+def _check_shard(shard, shuffle: bool, seed) -> tuple[int, int] | None:
+    """``shard`` as ``(rank, world_size)`` ints with 0 <= rank < world_size, or None; else a ValueError."""
+    if shard is None:
+        return None
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+    if not ok or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"DataLoader: shard must be (rank, world_size) with 0 <= rank < world_size, "
+                         f"got {shard!r}")
+    if shuffle and seed is None:
+        raise ValueError("DataLoader: shard with shuffle=True needs a seed, the same on every rank (with "
+                         "seed=None each rank would draw its own order and the shards would overlap)")
+    return int(shard[0]), int(shard[1])
 
 
 def _is_dataset(obj) -> bool:
