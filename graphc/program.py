@@ -15,6 +15,7 @@ from graphc.errors import GraphcError
 from graphc.nn.parameter import parameter_of, values_version
 from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
+from passes.export.pipeline import optimize as optimize_for_export
 from passes.extract import extract_model, free_inputs
 from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
@@ -67,7 +68,26 @@ def build_model(inputs: Sequence[Tensor], outputs: Mapping[str, Tensor], doc_str
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    return ir.serde.serialize_model(model)
+    """Serialize ``model``; ``value_info`` is written for computed values only, never for initializers.
+
+    onnx_ir writes an entry per initializer too: redundant with the initializer's own dims, and stale
+    as soon as a tool rewrites a weight (ONNX Runtime's ``quantize_dynamic`` transposes Gemm weights,
+    then ONNX's shape inference fails on the old entry: issue 10).
+    """
+    proto = ir.serde.serialize_model(model)
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        initializers = {tensor.name for tensor in graph.initializer}
+        kept = [info for info in graph.value_info if info.name not in initializers]
+        if len(kept) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
+        for node in graph.node:
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+    return proto
 
 
 def for_export(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -100,13 +120,16 @@ class Program:
     ``save`` or ``model`` rebuilds it with the new values (a version counter, compared per call).
     """
 
-    def __init__(self, model: ir.Model, provider: str = "cpu", rebuild=None):
+    def __init__(self, model: ir.Model, provider: str = "cpu", rebuild=None, optimize: bool = True):
         self.provider = provider
         self._rebuild = rebuild
+        self._optimize = optimize
         self._set_model(model)
 
     def _set_model(self, model: ir.Model) -> None:
         RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
+        # the export pipeline (passes/export): what runs here is what save writes
+        self.export_report = optimize_for_export(model) if self._optimize else []
         self._model: onnx.ModelProto = to_proto(model)
         self._built_at = values_version()
         self._session = None
@@ -181,12 +204,15 @@ class Program:
 
 
 def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string: str = "",  # noqa: A001
-            allow_random: bool = False, allow_batch_statistics: bool = False) -> Program:
+            allow_random: bool = False, allow_batch_statistics: bool = False,
+            optimize: bool = True) -> Program:
     """Compile symbolic ``outputs`` (a dict name -> Tensor, or one Tensor) of ``inputs`` into a Program.
 
     Parameters are stored in the model as initializers; the Program follows their values (it is
     rebuilt on its next use after they change). Train-mode dropout and BatchNorm are refused (call
-    ``model.eval()`` first) unless ``allow_random`` / ``allow_batch_statistics``.
+    ``model.eval()`` first) unless ``allow_random`` / ``allow_batch_statistics``. ``optimize`` runs
+    the export pipeline (``passes/export``: constant folding, BatchNorm folding, Gemm/LayerNorm/GELU
+    fusion, no-op removal); ``program.export_report`` says what each pass changed.
 
     >>> import graphc as gc, numpy as np
     >>> x = gc.input("x", ("batch", 2))
@@ -199,4 +225,4 @@ def compile(inputs: Sequence[Tensor], outputs, provider: str = "cpu", doc_string
         return build_model(inputs, outputs, doc_string or "graphc inference program", allow_random,
                            allow_batch_statistics)
 
-    return Program(rebuild(), provider, rebuild)
+    return Program(rebuild(), provider, rebuild, optimize=optimize)
