@@ -9,7 +9,6 @@ import pytest
 
 import graphc as gc
 from graphc import nn
-from passes.autodiff.registry import MissingGradientError
 
 torch = pytest.importorskip("torch")
 
@@ -59,10 +58,19 @@ def test_eval_mode_uses_the_onnx_op_and_matches_torch(tmp_path, mode, num_layers
         np.testing.assert_allclose(got[name], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_training_through_an_eval_mode_layer_names_the_op():
-    layer = nn.LSTM(I, H).eval()
+def test_gradients_through_an_eval_mode_layer_match_torch():
+    """The ONNX op has no gradient rule: autodiff lowers it first (passes/lower_recurrent.py)."""
+    torch.manual_seed(0)
+    tlayer, layer = torch.nn.LSTM(I, H).eval(), nn.LSTM(I, H)
+    layer.load_state_dict(tlayer.state_dict())
+    layer.eval()
     x = gc.input("x", (T, "batch", I))
     out, _ = layer(x)
-    with pytest.raises(MissingGradientError, match="'LSTM'"):
-        gc.grad(out.sum(), layer.parameters())
+    names = [n for n, _ in layer.named_parameters()]
+    grads = gc.grad(out.sum(), [p for _, p in layer.named_parameters()])
+    xb = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    got = gc.compile([x], dict(zip(names, grads))).run({"x": xb})
+    tlayer(torch.from_numpy(xb))[0].sum().backward()
+    for name, p in tlayer.named_parameters():
+        np.testing.assert_allclose(got[name], p.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
     onnx.checker.check_model(gc.compile([x], {"out": out}).model, full_check=True)
