@@ -49,3 +49,34 @@ def test_identity_removed_but_output_name_kept():
     assert apply_and_compare(RemoveNoOpsPass(), model, {"x": randn(2, 3)}).modified
     assert "Identity" not in op_types(model)
     assert [v.name for v in model.graph.outputs] == ["y", "z"]
+
+
+def test_scan_body_identity_between_two_outputs_is_kept():
+    """Regression: removing ``state_out = Identity(h)`` where ``h`` is also the scan output made one body
+    value both the carried state and the per-step output, and ONNX Runtime's Scan then gave wrong values."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["h_in", "x_t"], ["h"]),
+         helper.make_node("Identity", ["h"], ["h_out"])],
+        "body",
+        [helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [3])])
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["h0", "xs"], ["h_last", "ys"], body=body, num_scan_inputs=1)],
+        "scan",
+        [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("xs", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("ys", TensorProto.FLOAT, [4, 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model = ir.serde.deserialize_model(proto)
+    xs = randn(4, 3)
+    apply_and_compare(RemoveNoOpsPass(), model, {"h0": np.zeros(3, np.float32), "xs": xs})
+    scan_body = next(iter(model.graph)).attributes["body"].as_graph()
+    assert [n.op_type for n in scan_body] == ["Add", "Identity"]
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)

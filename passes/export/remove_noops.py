@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import (
     no_op_transpose_rule,
@@ -61,8 +60,38 @@ class RemoveNoOpsPass(RulePass):
         modified = False
         for _ in range(8):
             changed = super().call(model).modified
-            changed = IdentityEliminationPass()(model).modified or changed
+            changed = _eliminate_identities(model) or changed
             modified = modified or changed
             if not changed:
                 break
         return ir.passes.PassResult(model, modified)
+
+
+def _eliminate_identities(model: ir.Model) -> bool:
+    """``y = Identity(x)`` -> ``x`` everywhere, in every graph and subgraph.
+
+    onnx_ir's IdentityEliminationPass would also remove an Identity between two outputs of one graph,
+    leaving one value as both; in a Scan body that value is then both the carried state and the
+    per-step output, and ONNX Runtime's Scan returns wrong numbers. Such nodes are kept here.
+    """
+    modified = False
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in list(ir.traversal.RecursiveGraphIterator(graph)):
+            if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1 or node.inputs[0] is None:
+                continue
+            source, result = node.inputs[0], node.outputs[0]
+            was_output = result.is_graph_output()
+            if was_output and (source.is_graph_input() or source.is_initializer() or source.is_graph_output()):
+                continue
+            if source.type is None:
+                source.type = result.type
+            if source.shape is None:
+                source.shape = result.shape
+            name = result.name
+            ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
+            if was_output:
+                source.name = name  # a graph output keeps its name
+            node.graph.remove(node, safe=True)
+            modified = True
+    return modified
