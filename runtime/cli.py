@@ -98,7 +98,7 @@ def _add_train_parser(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphc", description="Run or describe any ONNX model with ONNX Runtime.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,info,train,optimize,quantize}")
 
     run = commands.add_parser(
         "run",
