@@ -31,8 +31,8 @@ from graphc.nn.module import Module
 from graphc.nn.parameter import Parameter
 from graphc.tensor import Tensor, emit
 from graphc.user_messages import call_site
+from passes.names import LIFTED_KEY, OP_KEY, SOURCE_KEY
 from passes.normalize import normalize
-from passes.normalize.constants import LIFTED_KEY
 from passes.normalize.differentiable import CheckDifferentiablePass
 from passes.normalize.shapes import InferShapesPass
 from runtime.atomic import atomic_write
@@ -44,7 +44,6 @@ from runtime.model_loading import (
     read_external_data,
     validate_model,
 )
-from runtime.run_errors import OP_KEY, SOURCE_KEY
 
 _FLOAT_KINDS = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 # Inputs that hold statistics rather than weights: imported as buffers (no gradient), as PyTorch's.

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from graphc.dtypes import is_floating, to_numpy_dtype
 from graphc.errors import shape_error
 from graphc.tensor import Dim, SymDim, Tensor, as_tensor, constant, emit
+from passes.names import STOP_GRADIENT_KEY
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -162,7 +163,7 @@ def cast(x: Tensor, dtype) -> Tensor:
 def stop_gradient(x: Tensor) -> Tensor:
     """``x.detach()``: the same values, but autodiff does not flow through (a marked Identity)."""
     out = emit("Identity", [x], shape=x.shape, dtype=x.dtype)
-    out.value.producer().metadata_props["graphc.stop_gradient"] = "1"
+    out.value.producer().metadata_props[STOP_GRADIENT_KEY] = "1"
     return out
 
 

@@ -1,30 +1,16 @@
 """``gc.optim``: optimizer specifications with ``torch.optim``'s arguments and defaults.
 
-The update math is built into the training-step graph by ``passes/optimizers.py``;
-these classes only carry the parameters and hyperparameters. ``lr`` may be
-changed between steps (``opt.lr = ...``), as a scheduler would.
+Each optimizer is one registered block in ``passes/optimizers.py``: its defaults, its value checks,
+its state slots and the update math built into the training-step graph. The classes here are thin
+wrappers that keep ``torch.optim``'s signatures (defaults read from that registry, stated once) and
+carry the parameters. ``lr`` may be changed between steps (``opt.lr = ...``), as a scheduler would.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from graphc.nn.parameter import Parameter
 from graphc.tensor import Tensor
-from passes.optimizers import OptimizerConfig
-
-
-def _finite_number(owner: str, what: str, value, minimum: float | None = 0.0) -> float:
-    """``value`` as a float, refusing strings, NaN, infinities and values below ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: {what} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = f" and >= {minimum:g}" if minimum is not None else ""
-        raise ValueError(f"{owner}: invalid {what} {value} (must be finite{bound})")
-    return value
+from passes.optimizers import DEFAULTS, OptimizerConfig, finite_number
 
 
 class Optimizer:
@@ -44,26 +30,7 @@ class Optimizer:
             if not isinstance(param, Parameter):
                 raise TypeError(f"{type(self).__name__}: params[{index}] is a {type(param).__name__}, expected a "
                                 f"graphc Parameter (pass model.parameters())")
-        owner = type(self).__name__
-        hparams["lr"] = _finite_number(owner, "learning rate", hparams["lr"])
-        # torch.optim refuses these too: a negative one (or a beta of 1) would train to NaN silently
-        for key in ("momentum", "weight_decay", "eps", "alpha", "lr_decay", "initial_accumulator_value", "dampening"):
-            if key in hparams:
-                hparams[key] = _finite_number(owner, f"{key} value", hparams[key],
-                                              minimum=None if key == "dampening" else 0.0)
-        for key in ("nesterov", "amsgrad", "centered"):
-            if key in hparams and not isinstance(hparams[key], (bool, np.bool_)):
-                raise TypeError(f"{owner}: {key} must be True or False, got {hparams[key]!r}")
-        if "betas" in hparams:
-            betas = hparams["betas"]
-            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-                raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-            hparams["betas"] = tuple(_finite_number(owner, f"beta parameter at index {i}", b)
-                                     for i, b in enumerate(betas))
-            for index, beta in enumerate(hparams["betas"]):
-                if not 0.0 <= beta < 1.0:
-                    raise ValueError(f"{owner}: invalid beta parameter at index {index}: {beta} (must be in [0, 1))")
-        self.config = OptimizerConfig(self.kind, hparams)
+        self.config = OptimizerConfig(self.kind, hparams)  # the registry's block checks the values
         self._lr_listeners = []
         self._schedulers = []  # lr schedulers attached to this optimizer (saved in Trainer checkpoints)
 
@@ -77,7 +44,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        value = _finite_number(type(self).__name__, "learning rate", value)  # as the constructor: NaN, inf, < 0
+        value = finite_number(type(self).__name__, "learning rate", value)  # as the constructor: NaN, inf, < 0
         self.config.hparams["lr"] = value
         for listener in self._lr_listeners:
             listener(value)
@@ -86,52 +53,64 @@ class Optimizer:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.hparams.items())})"
 
 
+def _torch_signature(cls: type) -> type:
+    """Document ``cls`` with torch's signature, as the registry states it."""
+    defaults = ", ".join(f"{k}={v!r}" for k, v in DEFAULTS[cls.kind].items())
+    cls.__doc__ = f"torch.optim.{cls.__name__}(params, {defaults}); update math in passes/optimizers.py."
+    return cls
+
+
+_SGD, _ADAM, _ADAMW, _RMSPROP, _ADAGRAD = (DEFAULTS[k] for k in ("sgd", "adam", "adamw", "rmsprop", "adagrad"))
+
+
+@_torch_signature
 class SGD(Optimizer):
-    """torch.optim.SGD(params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False)."""
     kind = "sgd"
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
+    def __init__(self, params, lr: float = _SGD["lr"], momentum: float = _SGD["momentum"],
+                 dampening: float = _SGD["dampening"], weight_decay: float = _SGD["weight_decay"],
+                 nesterov: bool = _SGD["nesterov"]):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov)
-        if nesterov and (self.hparams["momentum"] <= 0 or self.hparams["dampening"] != 0):
-            raise ValueError("SGD: Nesterov momentum requires a momentum and zero dampening")
 
 
+@_torch_signature
 class Adam(Optimizer):
-    """torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False)."""
     kind = "adam"
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 amsgrad: bool = False):
+    def __init__(self, params, lr: float = _ADAM["lr"], betas=_ADAM["betas"], eps: float = _ADAM["eps"],
+                 weight_decay: float = _ADAM["weight_decay"], amsgrad: bool = _ADAM["amsgrad"]):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
 
+@_torch_signature
 class AdamW(Optimizer):
-    """torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)."""
     kind = "adamw"
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 amsgrad: bool = False):
+    def __init__(self, params, lr: float = _ADAMW["lr"], betas=_ADAMW["betas"], eps: float = _ADAMW["eps"],
+                 weight_decay: float = _ADAMW["weight_decay"], amsgrad: bool = _ADAMW["amsgrad"]):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
 
+@_torch_signature
 class RMSprop(Optimizer):
-    """torch.optim.RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False)."""
     kind = "rmsprop"
 
-    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False):
+    def __init__(self, params, lr: float = _RMSPROP["lr"], alpha: float = _RMSPROP["alpha"],
+                 eps: float = _RMSPROP["eps"], weight_decay: float = _RMSPROP["weight_decay"],
+                 momentum: float = _RMSPROP["momentum"], centered: bool = _RMSPROP["centered"]):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                          centered=centered)
 
 
+@_torch_signature
 class Adagrad(Optimizer):
-    """torch.optim.Adagrad(params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10)."""
     kind = "adagrad"
 
-    def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+    def __init__(self, params, lr: float = _ADAGRAD["lr"], lr_decay: float = _ADAGRAD["lr_decay"],
+                 weight_decay: float = _ADAGRAD["weight_decay"],
+                 initial_accumulator_value: float = _ADAGRAD["initial_accumulator_value"],
+                 eps: float = _ADAGRAD["eps"]):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps)
 

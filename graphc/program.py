@@ -10,16 +10,15 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from graphc import random as _random
-from graphc.random import RNG_KEY
 from graphc.errors import GraphcError
 from graphc.nn.parameter import parameter_of, values_version
 from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
-from passes.export.pipeline import optimize as optimize_for_export
 from passes.extract import extract_model, free_inputs
+from passes.names import RNG_KEY, SOURCE_KEY
+from passes.pipelines import inference_pipeline
 from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
-from runtime.run_errors import SOURCE_KEY
 from runtime.run_errors import run_session
 from runtime.training_session import create_session
 
@@ -129,7 +128,11 @@ class Program:
     def _set_model(self, model: ir.Model) -> None:
         RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
         # the export pipeline (passes/export): what runs here is what save writes
-        self.export_report = optimize_for_export(model) if self._optimize else []
+        self.export_report = []
+        if self._optimize:
+            pipeline = inference_pipeline()
+            pipeline(model)
+            self.export_report = pipeline.reports
         self._model: onnx.ModelProto = to_proto(model)
         self._built_at = values_version()
         self._session = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from passes.names import RNG_KEY, RNG_STREAM_KEY
+
 _generator = np.random.default_rng()
 
 
@@ -31,7 +33,6 @@ def uniform(bound: float, shape: tuple[int, ...], dtype=np.float32) -> np.ndarra
 # for the forward and backward pass of a step, and exactly reproducible after
 # a checkpoint restores the step. Only ai.onnx integer ops are used.
 
-RNG_KEY = "rng_key"
 _SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 _rng_key_tensor = None
 _stream_counter = 0
@@ -71,7 +72,7 @@ def uniform_like(x):
     index = op("Cast", [emit("Reshape", [index, shape], shape=x.shape, dtype=np.int64)], {"to": ir.DataType.UINT64})
     key = op("Cast", [rng_key()], {"to": ir.DataType.UINT64}, shape=())
     stream = c((_stream_counter * _SPLITMIX[0]) % 2 ** 64)  # renumbered per graph by NumberRandomStreamsPass
-    stream.value.producer().metadata_props["graphc.rng_stream"] = "1"
+    stream.value.producer().metadata_props[RNG_STREAM_KEY] = "1"
     z = op("Add", [op("Mul", [index, c(_SPLITMIX[0])]), op("Add", [op("Mul", [key, c(_SPLITMIX[1])], shape=()), stream],
                                                                  shape=())])
     for shift, mult in ((30, _SPLITMIX[1]), (27, _SPLITMIX[2])):

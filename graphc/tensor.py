@@ -23,7 +23,7 @@ import onnx_ir as ir
 from graphc.dtypes import to_ir_dtype, to_numpy_dtype
 from graphc.errors import shape_error
 from graphc.user_messages import call_site, symbolic_value_error
-from runtime.run_errors import OP_KEY, SOURCE_KEY
+from passes.names import OP_KEY, SOURCE_KEY
 
 Dim = int | str | None
 ShapeLike = tuple[Dim, ...]

@@ -25,11 +25,12 @@ from graphc.history import History, plot_history, require_matplotlib
 from graphc.nn.parameter import Parameter, mark_values_changed, requires_grad_version
 from graphc.optim import Optimizer
 from graphc.program import build_model, for_export, to_proto
-from graphc.random import RNG_KEY, key_for_step
+from graphc.random import key_for_step
 from graphc.state import updates_computed_with
 from graphc import distributed
 from graphc.tensor import Tensor
-from passes.portable_step import SEED, PortableStepPass, seed_value, state_model
+from passes.names import GRAD_CHECK, GRAD_NORM, LOSS, LR, PARAMETER_KEY, RNG_KEY, SEED, STEP
+from passes.portable_step import PortableStepPass, seed_value, state_model
 from passes.state_layout import per_parameter_state, regroup_state
 from passes.training_step import build_training_step
 from runtime.atomic import atomic_write
@@ -41,7 +42,7 @@ from runtime.checkpoint import (
     plain_hparams,
     save_checkpoint,
 )
-from runtime.training_session import GRAD_CHECK, NonFiniteLossError, TrainingSession
+from runtime.training_session import NonFiniteLossError, TrainingSession
 
 __all__ = ["Trainer", "NonFiniteLossError", "CheckpointError"]
 
@@ -104,7 +105,7 @@ class Trainer:
         self._build()
         self.last_metrics: dict[str, np.ndarray] = {}
         self._loader = None
-        optimizer._lr_listeners.append(lambda lr: self.session.set_input("lr", lr))
+        optimizer._lr_listeners.append(lambda lr: self.session.set_input(LR, lr))
 
     def _build(self) -> None:
         """Build the step for the parameters that require grad now, and its session.
@@ -114,7 +115,7 @@ class Trainer:
         parameter's slots are kept aside until it trains again, as torch.optim keeps them).
         """
         args, optimizer = self._build_args, self.optimizer
-        outputs = {"loss": args["loss"], **args["metrics"]}
+        outputs = {LOSS: args["loss"], **args["metrics"]}
         updates = updates_computed_with(list(outputs.values()))
         update_outputs = {f"graphc.state_update.{i}": u.value for i, u in enumerate(updates)}
         forward = build_model(args["inputs"], {**outputs, **update_outputs}, doc_string="graphc training step",
@@ -155,7 +156,7 @@ class Trainer:
             self._parked = unused
         self.step_model, self.session, self._flat_layouts = step_model, session, step.flat_layouts
         self._built_for = requires_grad_version()
-        self.metric_names = step.extra_outputs + (["grad_norm"] if args["max_grad_norm"] is not None else [])
+        self.metric_names = step.extra_outputs + ([GRAD_NORM] if args["max_grad_norm"] is not None else [])
         live = _LiveParameters(self.session, {**names, **state_names})
         for param in [*optimizer.params, *(u.buffer for u in updates)]:
             if id(param) in live.names:
@@ -174,7 +175,7 @@ class Trainer:
         """Initializer names of those ``params`` the model uses (unused ones get no gradient, as in torch)."""
         by_param = {}
         for value in forward.graph.initializers.values():
-            param = value.meta.get("graphc.parameter")
+            param = value.meta.get(PARAMETER_KEY)
             if param is not None:
                 by_param[id(param)] = value.name
         return {id(p): by_param[id(p)] for p in params if id(p) in by_param}
@@ -202,7 +203,7 @@ class Trainer:
             feeds[RNG_KEY] = key_for_step(self.seed, self.steps_done)
         results = self.session.run(feeds)
         mark_values_changed()  # compiled Programs take the new parameter values at their next run
-        loss = results.pop("loss")
+        loss = results.pop(LOSS)
         results.pop(GRAD_CHECK, None)  # the runtime's finiteness check, not a user metric
         self.last_metrics = results
         return float(loss)
@@ -340,8 +341,8 @@ class Trainer:
         arrays, metadata = load_checkpoint(path, expected=expected)  # names/shapes checked before decompressing
         meta = check_training_metadata(path, metadata)
         check_optimizer(path, meta["optimizer"], self.optimizer.config.kind, self.optimizer.hparams)
-        if "step" in arrays and int(arrays["step"]) != meta["steps_done"]:
-            raise CheckpointError(f"checkpoint {str(path)!r}: the step array says {int(arrays['step'])}, the "
+        if STEP in arrays and int(arrays[STEP]) != meta["steps_done"]:
+            raise CheckpointError(f"checkpoint {str(path)!r}: the step array says {int(arrays[STEP])}, the "
                                   f"metadata says steps_done={meta['steps_done']} (inconsistent)")
         schedulers = self.optimizer._schedulers
         if len(meta["schedulers"]) != len(schedulers):
@@ -361,7 +362,7 @@ class Trainer:
                                       f"{exc}") from None
         for name, array in arrays.items():
             self.session.write(name, array)
-        if "step" not in arrays:  # no optimizer slot counts steps (plain SGD): the host count is the step
+        if STEP not in arrays:  # no optimizer slot counts steps (plain SGD): the host count is the step
             self.session.steps = meta["steps_done"]
         self.optimizer.lr = meta["lr"]
         self.seed = meta["seed"]  # dropout masks continue the saved stream
@@ -389,7 +390,7 @@ class Trainer:
         """A model with no inputs whose outputs are the current values of ``training_model()``'s state inputs."""
         self._follow_requires_grad()
         values = {name: self.session.read(name) for name in self.session.state_names()}
-        values["lr"] = np.asarray(self.optimizer.lr, dtype=self.session._extra_inputs["lr"].dtype)
+        values[LR] = np.asarray(self.optimizer.lr, dtype=self.session._extra_inputs[LR].dtype)
         if self._random:  # the graph derives the key of step s from (seed, s), as trainer.step does
             values[SEED] = seed_value(self.seed)
         return to_proto(state_model(values, doc_string="graphc training state: the current value of every "

@@ -34,9 +34,8 @@ import numpy as np
 import onnx_ir as ir
 
 from passes import IR_VERSION, OPSET
+from passes.names import LR, RNG_KEY, SEED, STATE_INPUTS_KEY, STATE_PAIRS_KEY, STEP
 
-SEED = "seed"
-STATE_INPUTS_KEY = "graphc.state_inputs"
 _LOW32 = 0xFFFFFFFF
 
 
@@ -52,7 +51,7 @@ def seed_value(seed: int) -> np.ndarray:
 class PortableStepPass(ir.passes.InPlacePass):
     """Derive ``rng_key`` from new input ``seed`` and input ``step``; list the state inputs in metadata."""
 
-    def __init__(self, key_name: str = "rng_key", step_name: str = "step", lr_name: str = "lr"):
+    def __init__(self, key_name: str = RNG_KEY, step_name: str = STEP, lr_name: str = LR):
         super().__init__()
         self.key_name, self.step_name, self.lr_name = key_name, step_name, lr_name
 
@@ -67,7 +66,7 @@ class PortableStepPass(ir.passes.InPlacePass):
         if SEED in inputs:
             raise ValueError(f"portable training step: the model already has an input named {SEED!r}; "
                              f"expected it only after this pass")
-        pairs = json.loads(model.metadata_props.get("graphc.state_pairs", "[]"))
+        pairs = json.loads(model.metadata_props.get(STATE_PAIRS_KEY, "[]"))
         state = [name for name, _ in pairs]
         state += [n for n in (self.lr_name,) if n in inputs and n not in state]
         key = inputs.get(self.key_name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-STREAM_KEY = "graphc.rng_stream"
+from passes.names import RNG_STREAM_KEY as STREAM_KEY
 _GOLDEN = 0x9E3779B97F4A7C15
 
 

@@ -29,20 +29,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import (
-    CommonSubexpressionEliminationPass,
-    NameFixPass,
-    RemoveUnusedNodesPass,
-    TopologicalSortPass,
-)
 
 from passes.autodiff.core import vjp
 from passes.emitter import Emitter
-from passes.fuse_gradient_sums import FuseGradientSumsPass
+from passes.names import (
+    BATCH_INPUTS_KEY,
+    GRAD_NORM,
+    GRAD_SCALE,
+    LOSS,
+    LR,
+    REDUCE_BUFFER,
+    REDUCED,
+    STATE_PAIRS_KEY,
+    STEP,
+    UPDATED,
+)
 from passes.optimizers import OptimizerConfig, StepScalars
+from passes.pipelines import cleanup_pipeline
 from passes.training_step import (
     SMALL_PARAMETER,
-    UPDATED,
     _apply_flat,
     _apply_per_parameter,
     _carry,
@@ -51,10 +56,6 @@ from passes.training_step import (
     _initializer_to_input,
     _scalar_input,
 )
-
-GRAD_SCALE = "grad_scale"
-REDUCE_BUFFER = "reduce.buffer"
-REDUCED = "reduce.buffer.sum"
 
 
 @dataclass
@@ -72,9 +73,7 @@ class SplitStep:
 
 
 def _cleanup(model: ir.Model) -> None:
-    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), FuseGradientSumsPass(),
-                    TopologicalSortPass(), NameFixPass()):
-        cleanup(model)
+    cleanup_pipeline()(model)  # in place: the same cleanup as the one-graph step's
 
 
 def _reducible(value: ir.Value) -> bool:
@@ -84,7 +83,7 @@ def _reducible(value: ir.Value) -> bool:
 
 
 def build_split_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
-                     loss: str = "loss", max_grad_norm: float | None = None,
+                     loss: str = LOSS, max_grad_norm: float | None = None,
                      state_updates: dict[str, str] | None = None, frozen: list[str] = (),
                      fuse_update: bool = False) -> SplitStep:
     """Split ``forward`` (consumed) into the gradient and update graphs described in the module docstring.
@@ -140,20 +139,20 @@ def build_split_step(forward: ir.Model, trainable: list[str], optimizer: Optimiz
     graph.extend(e.nodes)
     graph.outputs.clear()
     graph.outputs.extend([buffer] + local + grad_updated)
-    forward.metadata_props["graphc.state_pairs"] = json.dumps(grad_pairs)
-    forward.metadata_props["graphc.batch_inputs"] = json.dumps(batch_inputs)
+    forward.metadata_props[STATE_PAIRS_KEY] = json.dumps(grad_pairs)
+    forward.metadata_props[BATCH_INPUTS_KEY] = json.dumps(batch_inputs)
     _cleanup(forward)
 
     # ---- the update graph: the summed buffer -> clipped, checked optimizer update
     u = Emitter("update")
     u_params = [ir.Value(name=p.name, shape=p.shape, type=p.type) for p in params]
     reduced = ir.Value(name=REDUCED, shape=ir.Shape([buffer.shape[0]]), type=ir.TensorType(dtype))
-    step = _scalar_input("step", ir.DataType.INT64)
-    lr = _scalar_input("lr", ir.DataType.DOUBLE)
+    step = _scalar_input(STEP, ir.DataType.INT64)
+    lr = _scalar_input(LR, ir.DataType.DOUBLE)
     update_graph = ir.Graph([*u_params, reduced, step, lr], [], nodes=[],
                             opset_imports=dict(forward.opset_imports), name="graphc_update")
-    initial["step"] = np.asarray(0, dtype=np.int64)
-    initial["lr"] = np.asarray(optimizer.hparams["lr"], dtype=np.float64)
+    initial[STEP] = np.asarray(0, dtype=np.int64)
+    initial[LR] = np.asarray(optimizer.hparams["lr"], dtype=np.float64)
     flat_grad = u.op("Slice", [reduced, u.ints([0]), u.ints([sum(sizes)])])
     pieces = u.op("Split", [flat_grad, u.ints(sizes)], {"axis": 0}, num_outputs=len(params))
     pieces = [pieces] if len(params) == 1 else list(pieces)
@@ -161,12 +160,12 @@ def build_split_step(forward: ir.Model, trainable: list[str], optimizer: Optimiz
     new_outputs: list[ir.Value] = []
     if max_grad_norm is not None:
         new_grads, norm = _global_norm_clip(u, new_grads, max_grad_norm, dtype)
-        norm.name = "grad_norm"
+        norm.name = GRAD_NORM
         norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
         new_outputs.append(norm)
     new_outputs.append(_finiteness_check(u, [reduced], dtype))
     next_step = u.op("Add", [step, u.const(np.asarray(1, dtype=np.int64))])
-    next_step.name = "step" + UPDATED
+    next_step.name = STEP + UPDATED
     next_step.type, next_step.shape = step.type, step.shape
     step_scalars = StepScalars(u, next_step, lr, dtype)
     layouts: dict[str, list[tuple[str, int]]] = {}
@@ -188,12 +187,12 @@ def build_split_step(forward: ir.Model, trainable: list[str], optimizer: Optimiz
             pairs += more_pairs
             updated += more_updated
     updated.append(next_step)
-    pairs.append(("step", next_step.name))
+    pairs.append((STEP, next_step.name))
     update_graph.extend(u.nodes)
     update_graph.outputs.extend(new_outputs + updated)
     update_model = ir.Model(update_graph, ir_version=forward.ir_version, producer_name="graphc")
-    update_model.metadata_props["graphc.state_pairs"] = json.dumps(pairs)
-    update_model.metadata_props["graphc.batch_inputs"] = json.dumps([REDUCED])
+    update_model.metadata_props[STATE_PAIRS_KEY] = json.dumps(pairs)
+    update_model.metadata_props[BATCH_INPUTS_KEY] = json.dumps([REDUCED])
     _cleanup(update_model)
     return SplitStep(forward, update_model, grad_pairs, pairs, initial, batch_inputs, extra_outputs,
                      reduced_names, sum(sizes), layouts)

@@ -13,30 +13,27 @@ parameters are initializers. Output: a model whose
 ``state_pairs`` says which output feeds which input at the next step; the same
 list is stored in the model's ``graphc.state_pairs`` metadata so a saved
 training step describes itself. Works on any model, graphc-built or imported.
+
+``TrainingStepPass`` does the autodiff and the update; ``build_training_step`` runs it inside
+``passes.pipelines.training_step_pipeline`` (recurrent lowering before, cleanup after). The helpers
+(``_apply_flat``, ``_carry``, ...) are shared with the data-parallel step (``passes/split_step.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import (
-    CommonSubexpressionEliminationPass,
-    NameFixPass,
-    RemoveUnusedNodesPass,
-    TopologicalSortPass,
-)
 
 from passes.autodiff.core import vjp
 from passes.emitter import Emitter
-from passes.fuse_gradient_sums import FuseGradientSumsPass
-from passes.optimizers import OPTIMIZERS, OptimizerConfig, StepScalars
+from passes.names import BATCH_INPUTS_KEY, GRAD_CHECK, GRAD_NORM, LOSS, LR, STATE_PAIRS_KEY, STEP, UPDATED
+from passes.optimizers import OptimizerConfig, StepScalars
 
-UPDATED = ".updated"
 SMALL_PARAMETER = 4096  # parameters up to this many elements share one flat update (fewer tiny ops)
-GRAD_CHECK = "grad_check"  # an output: 0 when every gradient element is finite, NaN otherwise
 
 
 @dataclass
@@ -109,7 +106,7 @@ def _state_input(graph: ir.Graph, name: str, like: ir.Value, shape: ir.Shape) ->
 
 def _apply_per_parameter(e, graph, scalars, optimizer, params, grads, initial):
     """One update per parameter; state slots are inputs named ``<param>.<slot>``."""
-    slots_of, update = OPTIMIZERS[optimizer.kind]
+    slots_of, update = optimizer.spec.slots, optimizer.spec.update
     pairs: list[tuple[str, str]] = []
     updated: list[ir.Value] = []
     for param, grad in zip(params, grads):
@@ -133,7 +130,7 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts, p
     gradients and one Split. State slots are flat inputs ``optimizer.<slot>``
     laid out in parameter order.
     """
-    slots_of, update = OPTIMIZERS[optimizer.kind]
+    slots_of, update = optimizer.spec.slots, optimizer.spec.update
     sizes = [int(np.prod(initial[p.name].shape)) for p in params]
     layouts[prefix] = [(p.name, size) for p, size in zip(params, sizes)]
     total = sum(sizes)
@@ -156,11 +153,18 @@ def _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts, p
     return pairs, updated
 
 
-def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
-                        loss: str = "loss", max_grad_norm: float | None = None,
-                        fuse_update: bool = False, state_updates: dict[str, str] | None = None,
-                        frozen: list[str] = ()) -> TrainingStep:
-    """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step.
+class TrainingStepPass(ir.passes.InPlacePass):
+    """Turn a forward model into the training step: autodiff of ``loss``, then the optimizer update.
+
+    Rewrites (the module docstring gives the resulting signature): the ``trainable`` and ``frozen``
+    initializers, and those named by ``state_updates``, become graph inputs; inputs ``step`` and ``lr``
+    are added; the backward nodes (``passes.autodiff``), optional global-norm clipping, the
+    ``grad_check`` finiteness output and the optimizer update (``passes/optimizers.py``) are appended;
+    the outputs become ``loss``, the metrics, ``grad_norm``?, ``grad_check``, then ``<name>.updated`` for
+    every carried input; ``graphc.state_pairs`` and ``graphc.batch_inputs`` metadata are written.
+    Invariant: the forward nodes are untouched; the new nodes come after them (topologically sorted);
+    ``ai.onnx`` ops only. Dead nodes and repeated work are left to the cleanup passes that follow
+    (``passes/pipelines.py``). After ``call``, ``result`` holds the :class:`TrainingStep`.
 
     ``fuse_update`` applies the optimizer to all parameters at once (see ``_apply_flat``); off by
     default, since it measured no faster on the 2-core CPU (see graphc.Trainer).
@@ -170,77 +174,107 @@ def build_training_step(forward: ir.Model, trainable: list[str], optimizer: Opti
     the optimizer never changes and autodiff never differentiates, so they stay readable and writable
     between steps without a gradient being computed.
     """
-    state_updates = dict(state_updates or {})
-    graph = forward.graph
-    outputs = {v.name: v for v in graph.outputs}
-    if loss not in outputs:
-        raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
-    loss_value = outputs[loss]
-    if loss_value.shape is not None and len(loss_value.shape) != 0:
-        raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
-    batch_inputs = [v.name for v in graph.inputs]
-    extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
 
-    initial: dict[str, np.ndarray] = {}
-    params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in trainable]
-    frozen_params = [_initializer_to_input(graph, name, initial, "frozen parameter") for name in frozen]
+    def __init__(self, trainable: list[str], optimizer: OptimizerConfig, *, loss: str = LOSS,
+                 max_grad_norm: float | None = None, fuse_update: bool = False,
+                 state_updates: dict[str, str] | None = None, frozen: list[str] = ()):
+        super().__init__()
+        self.trainable = list(trainable)
+        self.optimizer = optimizer
+        self.loss = loss
+        self.max_grad_norm = max_grad_norm
+        self.fuse_update = fuse_update
+        self.state_updates = dict(state_updates or {})
+        self.frozen = list(frozen)
+        self.result: TrainingStep | None = None
 
-    dtype = params[0].dtype if params else ir.DataType.FLOAT
-    step = _scalar_input("step", ir.DataType.INT64)
-    lr = _scalar_input("lr", ir.DataType.DOUBLE)  # float64, as torch.optim's Python scalars
-    graph.inputs.extend([step, lr])
-    hp = optimizer.hparams
-    initial["step"] = np.asarray(0, dtype=np.int64)
-    initial["lr"] = np.asarray(hp["lr"], dtype=np.float64)
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        state_updates, optimizer, loss = self.state_updates, self.optimizer, self.loss
+        graph = model.graph
+        outputs = {v.name: v for v in graph.outputs}
+        if loss not in outputs:
+            raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
+        loss_value = outputs[loss]
+        if loss_value.shape is not None and len(loss_value.shape) != 0:
+            raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
+        batch_inputs = [v.name for v in graph.inputs]
+        extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
 
-    e = Emitter("train")
-    all_grads, _ = vjp([loss_value], params, emitter=e, unreachable="none")
-    # As torch.optim, parameters the loss does not reach (detached, unused) are not updated at all.
-    frozen = frozen_params + [p for p, g in zip(params, all_grads) if g is None]
-    params, grads = [p for p in params if p not in frozen], [g for g in all_grads if g is not None]
-    new_outputs: list[ir.Value] = [loss_value] + [outputs[n] for n in extra_outputs]
-    if max_grad_norm is not None and grads:
-        grads, norm = _global_norm_clip(e, grads, max_grad_norm, dtype)
-        norm.name = "grad_norm"
-        norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
-        new_outputs.append(norm)
-    if grads:
-        new_outputs.append(_finiteness_check(e, grads, dtype))
+        initial: dict[str, np.ndarray] = {}
+        params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in self.trainable]
+        frozen_params = [_initializer_to_input(graph, name, initial, "frozen parameter") for name in self.frozen]
 
-    next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
-    next_step.name = "step" + UPDATED
-    next_step.type, next_step.shape = step.type, step.shape
-    scalars = StepScalars(e, next_step, lr, dtype)
-    layouts: dict[str, list[tuple[str, int]]] = {}
-    flat = fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
-    if flat:
-        pairs, updated = _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts)
-    else:
-        small = [i for i, p in enumerate(params) if int(np.prod(initial[p.name].shape)) <= SMALL_PARAMETER]
-        if len(small) < 2 or len({params[i].dtype for i in small}) != 1:
-            small = []
-        big = [i for i in range(len(params)) if i not in small]
-        pairs, updated = _apply_per_parameter(e, graph, scalars, optimizer, [params[i] for i in big],
-                                              [grads[i] for i in big], initial)
-        if small:
-            more_pairs, more_updated = _apply_flat(e, graph, scalars, optimizer, [params[i] for i in small],
-                                                   [grads[i] for i in small], initial, layouts,
-                                                   prefix="optimizer.small")
-            pairs += more_pairs
-            updated += more_updated
-    for param in frozen:
-        _carry(e, param, param, pairs, updated)
-    for name, output_name in state_updates.items():
-        _carry(e, _initializer_to_input(graph, name, initial, "state"), outputs[output_name], pairs, updated)
-    updated.append(next_step)
-    pairs.append(("step", next_step.name))
+        dtype = params[0].dtype if params else ir.DataType.FLOAT
+        step = _scalar_input(STEP, ir.DataType.INT64)
+        lr = _scalar_input(LR, ir.DataType.DOUBLE)  # float64, as torch.optim's Python scalars
+        graph.inputs.extend([step, lr])
+        hp = optimizer.hparams
+        initial[STEP] = np.asarray(0, dtype=np.int64)
+        initial[LR] = np.asarray(hp["lr"], dtype=np.float64)
 
-    graph.extend(e.nodes)
-    graph.outputs.clear()
-    graph.outputs.extend(new_outputs + updated)
-    forward.metadata_props["graphc.state_pairs"] = json.dumps(pairs)
-    forward.metadata_props["graphc.batch_inputs"] = json.dumps(batch_inputs)
-    for cleanup in (RemoveUnusedNodesPass(), CommonSubexpressionEliminationPass(), FuseGradientSumsPass(),
-                    TopologicalSortPass(), NameFixPass()):
-        cleanup(forward)
-    return TrainingStep(forward, pairs, initial, batch_inputs, extra_outputs, layouts)
+        e = Emitter("train")
+        all_grads, _ = vjp([loss_value], params, emitter=e, unreachable="none")
+        # As torch.optim, parameters the loss does not reach (detached, unused) are not updated at all.
+        frozen = frozen_params + [p for p, g in zip(params, all_grads) if g is None]
+        params, grads = [p for p in params if p not in frozen], [g for g in all_grads if g is not None]
+        new_outputs: list[ir.Value] = [loss_value] + [outputs[n] for n in extra_outputs]
+        if self.max_grad_norm is not None and grads:
+            grads, norm = _global_norm_clip(e, grads, self.max_grad_norm, dtype)
+            norm.name = GRAD_NORM
+            norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
+            new_outputs.append(norm)
+        if grads:
+            new_outputs.append(_finiteness_check(e, grads, dtype))
+
+        next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
+        next_step.name = STEP + UPDATED
+        next_step.type, next_step.shape = step.type, step.shape
+        scalars = StepScalars(e, next_step, lr, dtype)
+        layouts: dict[str, list[tuple[str, int]]] = {}
+        flat = self.fuse_update and len(params) > 1 and len({p.dtype for p in params}) == 1
+        if flat:
+            pairs, updated = _apply_flat(e, graph, scalars, optimizer, params, grads, initial, layouts)
+        else:
+            small = [i for i, p in enumerate(params) if int(np.prod(initial[p.name].shape)) <= SMALL_PARAMETER]
+            if len(small) < 2 or len({params[i].dtype for i in small}) != 1:
+                small = []
+            big = [i for i in range(len(params)) if i not in small]
+            pairs, updated = _apply_per_parameter(e, graph, scalars, optimizer, [params[i] for i in big],
+                                                  [grads[i] for i in big], initial)
+            if small:
+                more_pairs, more_updated = _apply_flat(e, graph, scalars, optimizer, [params[i] for i in small],
+                                                       [grads[i] for i in small], initial, layouts,
+                                                       prefix="optimizer.small")
+                pairs += more_pairs
+                updated += more_updated
+        for param in frozen:
+            _carry(e, param, param, pairs, updated)
+        for name, output_name in state_updates.items():
+            _carry(e, _initializer_to_input(graph, name, initial, "state"), outputs[output_name], pairs, updated)
+        updated.append(next_step)
+        pairs.append((STEP, next_step.name))
+
+        graph.extend(e.nodes)
+        graph.outputs.clear()
+        graph.outputs.extend(new_outputs + updated)
+        model.metadata_props[STATE_PAIRS_KEY] = json.dumps(pairs)
+        model.metadata_props[BATCH_INPUTS_KEY] = json.dumps(batch_inputs)
+        self.result = TrainingStep(model, pairs, initial, batch_inputs, extra_outputs, layouts)
+        return ir.passes.PassResult(model, modified=True)
+
+
+def build_training_step(forward: ir.Model, trainable: list[str], optimizer: OptimizerConfig, *,
+                        loss: str = LOSS, max_grad_norm: float | None = None,
+                        fuse_update: bool = False, state_updates: dict[str, str] | None = None,
+                        frozen: list[str] = ()) -> TrainingStep:
+    """Turn ``forward`` (consumed: cloned by the caller if still needed) into the training step.
+
+    Runs ``passes.pipelines.training_step_pipeline``: recurrent lowering, :class:`TrainingStepPass`
+    (arguments as its), cleanup.
+    """
+    from passes.pipelines import training_step_pipeline  # pipelines imports this module for the pass
+
+    step_pass = TrainingStepPass(trainable, optimizer, loss=loss, max_grad_norm=max_grad_norm,
+                                 fuse_update=fuse_update, state_updates=state_updates, frozen=frozen)
+    model = training_step_pipeline(step_pass)(forward).model
+    return dataclasses.replace(step_pass.result, model=model)

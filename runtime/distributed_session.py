@@ -29,14 +29,22 @@ import math
 import numpy as np
 import onnx
 
+from passes.names import (
+    BATCH_INPUTS_KEY,
+    GRAD_CHECK,
+    GRAD_SCALE,
+    LOSS,
+    LR,
+    REDUCE_BUFFER,
+    REDUCED,
+    STATE_PAIRS_KEY,
+    STEP,
+)
 from runtime.input_files import input_specs
 from runtime.mpi import DistributedError, LocalWorld
 from runtime.run_errors import run_session
-from runtime.training_session import GRAD_CHECK, NonFiniteLossError, _Adopted, _FastFeedCheck, create_session
+from runtime.training_session import NonFiniteLossError, _Adopted, _FastFeedCheck, create_session
 
-GRAD_SCALE = "grad_scale"
-REDUCE_BUFFER = "reduce.buffer"
-REDUCED = "reduce.buffer.sum"
 _RANK_MIX = 0x9E3779B97F4A7C15  # spreads rank r's random key far from rank 0's (splitmix64's increment)
 
 
@@ -57,9 +65,9 @@ class DistributedSession:
         self.update_session = create_session(update_model, provider, threads)
         self._grad_outputs = [o.name for o in self.grad_session.get_outputs()]
         self._update_outputs = [o.name for o in self.update_session.get_outputs()]
-        self._grad_pairs = [tuple(p) for p in _meta(grad_model, "graphc.state_pairs")]
-        self._update_pairs = [tuple(p) for p in _meta(update_model, "graphc.state_pairs")]
-        self.batch_inputs = _meta(grad_model, "graphc.batch_inputs")
+        self._grad_pairs = [tuple(p) for p in _meta(grad_model, STATE_PAIRS_KEY)]
+        self._update_pairs = [tuple(p) for p in _meta(update_model, STATE_PAIRS_KEY)]
+        self.batch_inputs = _meta(grad_model, BATCH_INPUTS_KEY)
         self._check = _FastFeedCheck([s for s in input_specs(grad_model) if s.name in set(self.batch_inputs)])
         self._reduced_names, self._gradient_size = list(reduced_names), int(gradient_size)
         self._metric_names = list(metric_names)
@@ -67,9 +75,9 @@ class DistributedSession:
         grad_inputs = [i.name for i in self.grad_session.get_inputs()]
         update_inputs = [i.name for i in self.update_session.get_inputs()]
         self._grad_state = [n for n in grad_inputs if n in initial_values]
-        self._update_state = [n for n in update_inputs if n in initial_values and n != "lr"]
-        self._extra_inputs = {"lr": np.asarray(initial_values["lr"])}
-        names = [n for n in initial_values if n != "lr"]
+        self._update_state = [n for n in update_inputs if n in initial_values and n != LR]
+        self._extra_inputs = {LR: np.asarray(initial_values[LR])}
+        names = [n for n in initial_values if n != LR]
         missing = set(self._grad_state + self._update_state) - set(names)
         if missing:
             raise ValueError(f"no initial value for state inputs {sorted(missing)}")
@@ -79,7 +87,7 @@ class DistributedSession:
         state = {n: np.array(initial_values[n], order="C", copy=True) for n in names}
         self._dtypes = {n: a.dtype for n, a in state.items()}
         self._broadcast_from_rank_zero(state)
-        self._now = _Adopted(state, 0, int(state.get("step", 0)))
+        self._now = _Adopted(state, 0, int(state.get(STEP, 0)))
 
     def _broadcast_from_rank_zero(self, state: dict[str, np.ndarray]) -> None:
         """Every rank takes rank 0's state, after checking all ranks built the same state layout."""
@@ -123,11 +131,11 @@ class DistributedSession:
                                                             self._update_model, "training step (update)")))
         tail = buffer[self._gradient_size:]
         reduced = {name: np.asarray(tail[i]) for i, name in enumerate(self._reduced_names)}
-        results = {"loss": reduced["loss"]}
+        results = {LOSS: reduced[LOSS]}
         for name in self._metric_names:
             results[name] = reduced[name] if name in reduced else (grad[name] if name in grad else update[name])
         results[GRAD_CHECK] = update[GRAD_CHECK]
-        if self._finite(float(results["loss"]), float(update[GRAD_CHECK]), now.steps):
+        if self._finite(float(results[LOSS]), float(update[GRAD_CHECK]), now.steps):
             new = dict(now.arrays)
             new.update({inp: grad[out] for inp, out in self._grad_pairs})
             new.update({inp: update[out] for inp, out in self._update_pairs})
@@ -153,7 +161,7 @@ class DistributedSession:
     def write(self, name: str, array: np.ndarray) -> None:
         array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")
         now = self._now
-        steps = int(array) if name == "step" else now.steps
+        steps = int(array) if name == STEP else now.steps
         self._now = _Adopted({**now.arrays, name: np.array(array, copy=True)}, 0, steps)
 
     def set_input(self, name: str, value) -> None:

@@ -26,10 +26,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from passes.names import OP_KEY, SOURCE_KEY  # node metadata: the graphc operation, the user's "file:line"
 from runtime.providers import clean_ort_message
 
-OP_KEY = "graphc.op"  # node metadata: the graphc operation that emitted the node (e.g. "Tensor.view")
-SOURCE_KEY = "graphc.source"  # node metadata: "file:line" of the user's code that called it
 FATAL_ONLY = 4  # ONNX Runtime log severity: 0 verbose ... 3 error, 4 fatal
 
 _QUIET = ort.RunOptions()

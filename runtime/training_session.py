@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from passes.names import BATCH_INPUTS_KEY, GRAD_CHECK, STATE_PAIRS_KEY, STEP  # runtime's one import of passes
 from runtime.input_files import check_feeds, input_specs
 from runtime.providers import (
     announce_auto_choice,
@@ -40,9 +41,6 @@ from runtime.providers import (
     resolve_providers,
 )
 from runtime.run_errors import class_index_check, quiet_run_options, run_session, translate
-
-
-GRAD_CHECK = "grad_check"  # the step's output that is 0 when every gradient element is finite, else NaN
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,8 +113,8 @@ class TrainingSession:
         if nan_policy not in ("raise", "skip"):
             raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
         meta = {p.key: p.value for p in model.metadata_props}
-        self.state_pairs = [tuple(p) for p in json.loads(meta["graphc.state_pairs"])]
-        self.batch_inputs = json.loads(meta["graphc.batch_inputs"])
+        self.state_pairs = [tuple(p) for p in json.loads(meta[STATE_PAIRS_KEY])]
+        self.batch_inputs = json.loads(meta[BATCH_INPUTS_KEY])
         self.provider = provider
         self.nan_policy = nan_policy
         self.skipped_steps = 0
@@ -138,7 +136,7 @@ class TrainingSession:
             raise ValueError(f"no initial value for state inputs {sorted(missing)}")
         self._dtypes = {name: initial_values[name].dtype for name in state_inputs}
         self._extra_inputs = {k: np.asarray(v) for k, v in initial_values.items() if k not in state_inputs}
-        steps = int(initial_values.get("step", 0))
+        steps = int(initial_values.get(STEP, 0))
         if self.io_binding:
             self._init_bound(initial_values)
             self._now = _Adopted(None, 0, steps)
@@ -198,7 +196,7 @@ class TrainingSession:
     def write(self, name: str, array: np.ndarray) -> None:
         array = np.require(np.asarray(array, dtype=self._dtypes[name]), requirements="C")  # keeps 0-d arrays 0-d
         now = self._now
-        steps = int(array) if name == "step" else now.steps
+        steps = int(array) if name == STEP else now.steps
         if self.io_binding:
             self._current[name].update_inplace(array)
             self._now = _Adopted(None, now.buffer, steps)

@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from graphc.dtypes import to_ir_dtype
 from graphc.tensor import Tensor, _to_ir_shape
+from passes.names import PARAMETER_KEY
 
 
 # Two process-wide counters, read per run/step (a compare of two ints):
@@ -42,7 +43,7 @@ class Parameter(Tensor):
             array = array.astype(np.float32)  # Python numbers and lists: PyTorch's default dtype
         value = ir.Value(name="param", shape=_to_ir_shape(array.shape), type=ir.TensorType(to_ir_dtype(array.dtype)))
         value.const_value = ir.Tensor(array)
-        value.meta["graphc.parameter"] = self
+        value.meta[PARAMETER_KEY] = self
         super().__init__(value)
         self.requires_grad = requires_grad
         self._data = array
@@ -91,4 +92,4 @@ class Parameter(Tensor):
 
 def parameter_of(value: ir.Value) -> Parameter | None:
     """The Parameter behind a graph value, if any."""
-    return value.meta.get("graphc.parameter")
+    return value.meta.get(PARAMETER_KEY)

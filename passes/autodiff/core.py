@@ -25,9 +25,8 @@ from passes.autodiff.helpers import zeros_of
 from passes.autodiff.registry import VJP_RULES, MissingGradientError, VJPContext, is_float
 from passes.emitter import Emitter
 from passes.lower_recurrent import is_recurrent, lower_recurrent_nodes
+from passes.names import STOP_GRADIENT_KEY
 from passes.traversal import topological_nodes
-
-STOP_GRADIENT_KEY = "graphc.stop_gradient"
 
 
 def _is_stop_gradient(node: ir.Node) -> bool:
@@ -45,6 +44,24 @@ def _ones_like(emitter: Emitter, value: ir.Value) -> ir.Value:
     return emitter.op("ConstantOfShape", [emitter.op("Shape", [value])], {"value": one})
 
 
+def _differentiated(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value]) -> tuple[list[ir.Node], set[ir.Value]]:
+    """The nodes a gradient of ``outputs`` w.r.t. ``wrt`` crosses (topological order) and the values it reaches."""
+    depends: set[ir.Value] = set(wrt)
+    active: list[ir.Node] = []
+    for node in topological_nodes(outputs):
+        if _is_stop_gradient(node):
+            continue
+        if any(v in depends for v in node.inputs if is_float(v)) and any(is_float(o) for o in node.outputs):
+            active.append(node)
+            depends.update(o for o in node.outputs if is_float(o))
+    return active, depends
+
+
+def differentiated_nodes(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value]) -> list[ir.Node]:
+    """The nodes ``vjp(outputs, wrt)`` visits: those depending on ``wrt`` that lead to ``outputs``."""
+    return _differentiated(outputs, wrt)[0]
+
+
 def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
         seeds: Sequence[ir.Value | None] | None = None,
         emitter: Emitter | None = None, unreachable: str = "zeros") -> tuple[list[ir.Value | None], Emitter]:
@@ -59,17 +76,10 @@ def vjp(outputs: Sequence[ir.Value], wrt: Sequence[ir.Value],
     for w in wrt:
         if not is_float(w):
             raise TypeError(f"cannot differentiate with respect to {w.name!r} of dtype {w.dtype}")
-    wrt_set = set(wrt)
-    nodes = topological_nodes(outputs)
-    depends: set[ir.Value] = set(wrt_set)
-    active: list[ir.Node] = []
-    for node in nodes:
-        if _is_stop_gradient(node):
-            continue
-        if any(v in depends for v in node.inputs if is_float(v)) and any(is_float(o) for o in node.outputs):
-            active.append(node)
-            depends.update(o for o in node.outputs if is_float(o))
-    if any(is_recurrent(node) for node in active):  # ONNX's LSTM/GRU/RNN: lowered in place, then walked
+    active, depends = _differentiated(outputs, wrt)
+    # ONNX's LSTM/GRU/RNN: lowered in place, then walked. In a pipeline LowerDifferentiatedRecurrentPass
+    # has done it already; gc.grad's free-standing graphs (no model yet) are lowered here.
+    if any(is_recurrent(node) for node in active):
         lowered = lower_recurrent_nodes(active)
         return vjp([lowered.get(v, v) for v in outputs], [lowered.get(v, v) for v in wrt], seeds, emitter,
                    unreachable)

@@ -21,11 +21,13 @@ from passes.normalize.shapes import InferShapesPass
 
 
 def normalize(model: ir.Model) -> ir.Model:
-    """The model at graphc's opset, constants as initializers, every value typed and shaped where ONNX can tell."""
-    for step in (ConvertOpsetPass(), ConstantsToInitializersPass(), FoldConstantsPass(), InferShapesPass(),
-                 CastLikeToCastPass()):
-        model = step(model).model
-    return model
+    """The model at graphc's opset, constants as initializers, every value typed and shaped where ONNX can tell.
+
+    Runs ``passes.pipelines.import_pipeline()``, where the order of these passes is stated.
+    """
+    from passes.pipelines import import_pipeline  # pipelines imports this package's passes
+
+    return import_pipeline()(model).model
 
 
 __all__ = ["normalize", "ConvertOpsetPass", "OpsetConversionError", "ConstantsToInitializersPass", "FoldConstantsPass",

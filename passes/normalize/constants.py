@@ -11,8 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-LIFTED_KEY = "graphc.lifted_constant"
-"""``value.meta`` key set on initializers made from Constant nodes: they are not the file's weights."""
+from passes.names import LIFTED_KEY  # value.meta key: initializers made from Constant nodes are not weights
 
 
 class ConstantsToInitializersPass(ir.passes.InPlacePass):
