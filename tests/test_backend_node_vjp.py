@@ -29,8 +29,6 @@ KNOWN_WRONG = {
     "test_maxpool_3d_dilations_use_ref_impl": "MaxPool rule: 3-D pooling with dilations gives a wrong gradient",
     "test_resize_downsample_scales_linear_align_corners": "Resize rule: linear align_corners downsampling "
                                                            "disagrees with finite differences",
-    "test_reshape_allowzero_reordered": "Reshape rule: Reshape(g, Shape(x)) without allowzero=1 reads a 0 dim "
-                                        "as 'copy'",
 }
 
 _CASES = node_cases()

@@ -13,8 +13,12 @@ INT64_MAX = np.iinfo(np.int64).max
 
 
 def _reshape_back(ctx: VJPContext):
-    """dx = Reshape(g, shape(x)): the VJP of every op that only re-labels elements."""
-    return [ctx.op("Reshape", [ctx.g, _shape_of(ctx, ctx.inputs[0])])] + [None] * (len(ctx.inputs) - 1)
+    """dx = Reshape(g, shape(x)): the VJP of every op that only re-labels elements.
+
+    ``allowzero=1``: shape(x) is exact, so a 0 in it is a real empty dim, not "copy g's dim".
+    """
+    back = ctx.op("Reshape", [ctx.g, _shape_of(ctx, ctx.inputs[0])], {"allowzero": 1})
+    return [back] + [None] * (len(ctx.inputs) - 1)
 
 
 register_vjp("Reshape")(_reshape_back)
