@@ -42,3 +42,4 @@ class FuseBatchNormPass(RulePass):
     """
 
     rules = (_Conv().rule(), _Gemm().rule())
+    anchor_ops = frozenset({"BatchNormalization"})

@@ -74,4 +74,5 @@ class FuseGeluPass(RulePass):
     """
 
     rules = (GeluErfFusion().rule(), GeluTanhFusion().rule())
+    anchor_ops = frozenset({"Erf", "Tanh"})
     commute = True

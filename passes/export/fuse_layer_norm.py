@@ -86,4 +86,5 @@ class FuseLayerNormPass(RulePass):
     """
 
     rules = (LayerNormFusion().rule(), LayerNormBiasFusion().rule())
+    anchor_ops = frozenset({"ReduceMean"})
     commute = True

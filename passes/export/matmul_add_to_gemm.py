@@ -41,4 +41,5 @@ class MatMulAddToGemmPass(RulePass):
     """
 
     rules = (_Plain().rule(), _TransB().rule())
+    anchor_ops = frozenset({"MatMul"})
     commute = True

@@ -41,9 +41,22 @@ class RulePass(ir.passes.InPlacePass):
 
     rules: Sequence[pattern.RewriteRule] = ()
     commute: bool = False
+    anchor_ops: frozenset[str] = frozenset()  # every pattern contains one of these ops (empty: always try)
+    _rule_sets: dict[type, pattern.RewriteRuleSet] = {}
+
+    @classmethod
+    def _rule_set(cls) -> pattern.RewriteRuleSet:
+        """Built once per pass class: commuting the patterns costs ~25 ms a pass, and a Program is
+        rebuilt (and re-optimised) whenever the weights it exports changed."""
+        if cls not in RulePass._rule_sets:
+            RulePass._rule_sets[cls] = pattern.RewriteRuleSet(list(cls.rules), commute=cls.commute)
+        return RulePass._rule_sets[cls]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        count = pattern.RewriteRuleSet(list(self.rules), commute=self.commute).apply_to_model(model)
+        if self.anchor_ops and not any(node.op_type in self.anchor_ops
+                                       for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+            return ir.passes.PassResult(model, False)  # no pattern can match: skip the matching cost
+        count = self._rule_set().apply_to_model(model)
         if count:
             RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, bool(count))
