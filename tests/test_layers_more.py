@@ -176,6 +176,13 @@ UPSAMPLE_CASES = {
     "bilinear_output_1x1": ({"size": 1, "mode": "bilinear"}, (1, 2, 4, 3)),
     "linear_1d": ({"scale_factor": 2.5, "mode": "linear"}, (2, 3, 6)),
     "nearest_1d_size": ({"size": 5}, (2, 3, 3)),
+    # Downsampling by scales with align_corners where in * scale is fractional (4 * 0.6 = 2.4 -> 2, 2 * 0.6
+    # -> 1): ONNX Runtime and torch map by the integer output length, onnx's reference evaluator by 2.4.
+    "bilinear_align_corners_down_scale_node_case": ({"scale_factor": 0.6, "mode": "bilinear", "align_corners": True},
+                                                    (1, 1, 2, 4)),
+    "bilinear_align_corners_down_scale": ({"scale_factor": 0.6, "mode": "bilinear", "align_corners": True},
+                                          (2, 2, 5, 7)),
+    "linear_align_corners_down_scale": ({"scale_factor": 0.45, "mode": "linear", "align_corners": True}, (2, 3, 9)),
 }
 
 
@@ -194,6 +201,19 @@ def test_interpolate_bilinear_gradient_is_exact_for_a_larger_map():
     """The interpolation-matrix gradient at a tutorial size (UNet-like 16x16 -> 32x32, 8 channels)."""
     run_both(nn.Upsample(scale_factor=2, mode="bilinear"), TNN.Upsample(scale_factor=2, mode="bilinear"),
              (4, 8, 16, 16))
+
+
+@pytest.mark.parametrize("shape, scale", [((1, 1, 2, 4), 0.6), ((2, 2, 5, 7), 0.6)])
+def test_align_corners_downsample_by_scale_emits_resize_sizes(shape, scale):
+    """align_corners with a scale factor emits Resize ``sizes``: with ``scales`` ONNX's reference maps by the
+    fractional length in * scale while ONNX Runtime and PyTorch use the integer one (onnx/onnx#2462), so
+    the file would compute different things in different runtimes; with sizes they all agree."""
+    x = gc.input("x", shape)
+    out = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
+    model = gc.compile([x], {"out": out}).model
+    (resize,) = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert len(resize.input) == 4 and resize.input[3] and not resize.input[2], list(resize.input)
+    assert out.shape == shape[:2] + tuple(math.floor(d * scale) for d in shape[2:])
 
 
 # ---- activations ------------------------------------------------------------------------

@@ -310,10 +310,12 @@ def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest", 
         if any(s is not None and s < 1 for s in sizes):
             raise shape_error(op, f"scale_factor {scale_factor!r} makes input {ops.fmt(x.shape)} empty")
         # ONNX Runtime sizes the output as floor(float32(scale) * in); where that rounds differently
-        # (rare), or when asked to recompute the scale, pass the sizes themselves.
+        # (rare), or when asked to recompute the scale, pass the sizes themselves. align_corners too:
+        # with scales, ONNX's reference maps by the fractional length in * scale, ONNX Runtime and
+        # PyTorch by the integer one (onnx/onnx#2462); with sizes every runtime agrees.
         float32_sizes = tuple(math.floor(float(np.float32(f) * np.float32(d))) if isinstance(d, int) else None
                               for d, f in zip(in_sizes, factors))
-        if (recompute_scale_factor or float32_sizes != sizes) and None not in sizes:
+        if (recompute_scale_factor or align_corners or float32_sizes != sizes) and None not in sizes:
             resize_input = ("sizes", sizes)
         else:
             resize_input = ("scales", factors)

@@ -12,6 +12,12 @@ axes instead.
 
 The matrices follow ONNX Runtime's arithmetic (float32 coordinates, linear
 clamped to the input's edge) so nearest picks the same inputs as the forward.
+align_corners maps by the integer output length, (in - 1) / (out - 1) with
+out = floor(in * scale), as ONNX Runtime and PyTorch do. onnx's reference
+evaluator maps by the fractional in * scale instead (onnx/onnx#2462): for
+scales with a fractional in * scale the two forwards differ, and this rule is
+the gradient of ONNX Runtime's (the node test
+resize_downsample_scales_linear_align_corners, 4 * 0.6 = 2.4, is such a case).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ def _source_coordinate(mode: str, x: int, scale: float, n: int, m: int) -> np.fl
         return (xf + _F(0.5)) / s - _F(0.5)
     if mode == "pytorch_half_pixel":
         return (xf + _F(0.5)) / s - _F(0.5) if m > 1 else _F(0.0)
-    if mode == "align_corners":
+    if mode == "align_corners":  # m is the integer output length, not in * scale: see the module docstring
         return _F(0.0) if m == 1 else xf * _F(n - 1) / _F(m - 1)
     if mode == "asymmetric":
         return xf / s
