@@ -1,20 +1,25 @@
-"""Benchmark: the tutorial CNNs, batch 64, Adam: training step and inference, graphc vs PyTorch.
+"""Benchmark: the tutorial CNNs, batch 64, Adam: training step, peak memory and inference, graphc vs PyTorch.
 
-    python benchmarks/bench_cnn.py [--steps 100] [--infer-runs 200] [--models lenet,cnn]
+    python benchmarks/bench_cnn.py [--rounds 3] [--steps 60] [--infer-runs 100] [--models lenet,cnn]
 
 Models (3x32x32 inputs): the CIFAR-10 tutorial LeNet, and the padded CNN
 (conv 3->32 3x3 pad 1, BN, relu, maxpool 2, conv 32->64 3x3 pad 1, BN, relu,
 maxpool 2, dropout 0.5, linear 4096->10; convs without bias, as before BN).
 
-Training: median ms per step of graphc's Trainer (one ONNX Runtime call) and
-of PyTorch eager (zero_grad, forward, backward, Adam step), same process, same
-batches; the ratio graphc / PyTorch.
+Every figure comes from a process of its own (``common.take_turns``): the
+engines take turns, round after round, so both see the same machine load and
+neither sees the other's idle threads. Per round a worker reports the median
+of its timed calls; the table shows the median over rounds and [min-max].
 
-Inference (eval mode, batch 64): median ms of
-- graphc's exported eval model on a plain ``onnxruntime.InferenceSession``,
-- PyTorch's own ONNX export (``torch.onnx.export(..., dynamo=False)``: the
-  dynamo exporter needs onnxscript, not installed here) on the same kind of session,
-- PyTorch eager under ``torch.inference_mode()``.
+- Training: graphc's Trainer (one ONNX Runtime call per step) against PyTorch
+  eager (zero_grad, forward, backward, Adam step); the ratio is the median of
+  the per-round ratios. The floor is the step's convolution and matrix FLOPs
+  (forward, weight and input gradients) over the GEMM rate measured here.
+- Peak RSS: ``ru_maxrss`` of the training worker after its fixed number of
+  steps (warm-up included), each engine in its own process.
+- Inference (eval mode): graphc's export and PyTorch's own export
+  (``torch.onnx.export(..., dynamo=False)``) on plain ``onnxruntime.InferenceSession``s,
+  and PyTorch eager under ``torch.inference_mode()``.
 PyTorch is only the reference peer (the script needs it installed).
 """
 
@@ -22,9 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import sys
 import tempfile
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +36,8 @@ import onnxruntime as ort
 import graphc as gc
 import graphc.nn.functional as F
 from graphc import nn
+
+from common import gemm_gflops, peak_rss_mb, report, round_ratios, spread, take_turns, time_ms, worker_spec
 
 BATCH = 64
 
@@ -96,111 +102,138 @@ def torch_models():
 MODELS = {"lenet": ("LeNet 3x32x32", LeNet), "cnn": ("CNN 32-64 ch, pad 1, BN, 3x32x32", PaddedCNN)}
 
 
-def interleaved_median_ms(runners: dict, args_list, warmup: int = 10) -> dict:
-    """Median ms per call of each runner, called round-robin on the same arguments.
-
-    Round-robin rather than one runner after the other: on a shared machine the
-    load then falls on all runners alike, so their ratio holds up.
-    """
-    for args in args_list[:warmup]:
-        for fn in runners.values():
-            fn(*args)
-    times = {name: [] for name in runners}
-    for args in args_list:
-        for name, fn in runners.items():
-            start = time.perf_counter()
-            fn(*args)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+# (layer kind, in channels, out channels, kernel, output positions per sample) of each model
+LAYERS = {"lenet": [("conv", 3, 6, 5, 28 * 28), ("conv", 6, 16, 5, 10 * 10), ("fc", 400, 120, 1, 1),
+                    ("fc", 120, 84, 1, 1), ("fc", 84, 10, 1, 1)],
+          "cnn": [("conv", 3, 32, 3, 32 * 32), ("conv", 32, 64, 3, 16 * 16), ("fc", 4096, 10, 1, 1)]}
 
 
-def bench_model(key: str, steps: int, infer_runs: int, workdir: str) -> dict:
-    import torch
-    title, gc_cls = MODELS[key]
+def step_flops(key: str) -> float:
+    """Forward + weight gradient of every layer, + input gradient of all but the first."""
+    products = [2 * BATCH * cin * cout * k * k * positions for _, cin, cout, k, positions in LAYERS[key]]
+    return 2 * sum(products) + sum(products[1:])
+
+
+def batches(count: int = 10):
     rng = np.random.default_rng(0)
-    batches = [(rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, BATCH))
-               for _ in range(steps)]
+    return [(rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, BATCH))
+            for _ in range(count)]
 
-    torch.manual_seed(0)
-    tmodel = torch_models()[key]()
-    gc.manual_seed(0)
-    model = gc_cls()
-    model.load_state_dict(tmodel.state_dict())
 
-    # graphc training step
-    x = gc.input("x", shape=("batch", 3, 32, 32))
-    y = gc.input("y", shape=("batch",), dtype="int64")
-    loss = F.cross_entropy(model(x), y)
-    trainer = gc.Trainer(loss, gc.optim.Adam(model.parameters(), lr=1e-3), inputs=[x, y], seed=0)
+def train_worker(engine: str, key: str, steps: int) -> dict:
+    data = batches()
+    if engine == "graphc":
+        gc.manual_seed(0)
+        model = MODELS[key][1]()
+        x = gc.input("x", shape=("batch", 3, 32, 32))
+        y = gc.input("y", shape=("batch",), dtype="int64")
+        trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=1e-3),
+                             inputs=[x, y], seed=0)
 
-    # PyTorch eager training step
-    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+        def step(i=[0]):
+            xb, yb = data[i[0] % len(data)]
+            i[0] += 1
+            trainer.step({"x": xb, "y": yb})
+    else:
+        import torch
+        torch.manual_seed(0)
+        tmodel = torch_models()[key]()
+        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+        tdata = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in data]
 
-    def torch_step(xb, yb):
-        topt.zero_grad()
-        tloss = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(xb)), torch.from_numpy(yb))
-        tloss.backward()
-        topt.step()
-        return tloss.item()
-    train = interleaved_median_ms({"graphc": lambda xb, yb: trainer.step({"x": xb, "y": yb}),
-                                   "torch": torch_step}, batches)
+        def step(i=[0]):
+            xb, yb = tdata[i[0] % len(tdata)]
+            i[0] += 1
+            topt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(tmodel(xb), yb)
+            loss.backward()
+            topt.step()
+            return loss.item()
+    times = time_ms(step, steps)
+    return {"median_ms": float(np.median(times)), "peak_rss_mb": peak_rss_mb()}
 
-    # Inference: graphc's eval export and PyTorch's export, each on a plain InferenceSession.
-    model.load_state_dict(tmodel.state_dict())  # the same weights and statistics on both sides
-    model.eval()
-    tmodel.eval()
-    graphc_path = os.path.join(workdir, f"{key}_graphc.onnx")
-    gc.compile([x], {"logits": model(x)}).save(graphc_path)
-    torch_path = os.path.join(workdir, f"{key}_torch.onnx")
-    with torch.no_grad():
-        torch.onnx.export(tmodel, (torch.from_numpy(batches[0][0]),), torch_path, input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
-    inputs = [(xb,) for xb, _ in batches]
-    inputs = (inputs * (infer_runs // len(inputs) + 1))[:infer_runs]
-    sessions = {name: ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-                for name, path in (("graphc", graphc_path), ("torch", torch_path))}
-    outs = {name: s.run(None, {"x": inputs[0][0]})[0] for name, s in sessions.items()}
-    with torch.inference_mode():
-        eager_out = tmodel(torch.from_numpy(inputs[0][0])).numpy()
-    agree = max(float(np.abs(outs["graphc"] - eager_out).max()), float(np.abs(outs["torch"] - eager_out).max()))
 
-    def eager(xb):
-        with torch.inference_mode():
-            return tmodel(torch.from_numpy(xb))
-    runners = {name: (lambda xb, s=s: s.run(None, {"x": xb})) for name, s in sessions.items()}
-    infer = interleaved_median_ms({**runners, "eager": eager}, inputs)
-    return {"title": title, "graphc_train_ms": train["graphc"], "torch_train_ms": train["torch"],
-            "train_ratio": train["graphc"] / train["torch"], "graphc_ort_ms": infer["graphc"],
-            "torch_ort_ms": infer["torch"], "torch_eager_ms": infer["eager"], "max_abs_diff": agree}
+def infer_worker(engine: str, key: str, runs: int) -> dict:
+    xb = batches(1)[0][0]
+    with tempfile.TemporaryDirectory() as workdir:
+        path = os.path.join(workdir, "model.onnx")
+        if engine == "graphc_ort":
+            gc.manual_seed(0)
+            model = MODELS[key][1]().eval()
+            x = gc.input("x", shape=("batch", 3, 32, 32))
+            gc.compile([x], {"logits": model(x)}).save(path)
+        else:
+            import torch
+            torch.manual_seed(0)
+            tmodel = torch_models()[key]().eval()
+            if engine == "eager":
+                txb = torch.from_numpy(xb)
+
+                def eager():
+                    with torch.inference_mode():
+                        return tmodel(txb)
+                return {"median_ms": float(np.median(time_ms(eager, runs)))}
+            with torch.no_grad():
+                torch.onnx.export(tmodel, (torch.from_numpy(xb),), path, input_names=["x"], output_names=["logits"],
+                                  dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return {"median_ms": float(np.median(time_ms(lambda: session.run(None, {"x": xb}), runs)))}
+
+
+def worker(spec: dict) -> None:
+    if spec["task"] == "train":
+        report(train_worker(spec["engine"], spec["model"], spec["steps"]))
+    else:
+        report(infer_worker(spec["engine"], spec["model"], spec["runs"]))
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="training steps timed per framework")
-    parser.add_argument("--infer-runs", type=int, default=200, help="inference calls timed per runner")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each engine takes (one process per turn)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps timed per turn")
+    parser.add_argument("--infer-runs", type=int, default=100, help="inference calls timed per turn")
     parser.add_argument("--models", default="lenet,cnn")
+    parser.add_argument("--no-inference", action="store_true")
     args = parser.parse_args(argv)
+    rate = gemm_gflops()
+    rows = []
+    for key in args.models.split(","):
+        train = take_turns(__file__, {engine: {"task": "train", "engine": engine, "model": key, "steps": args.steps}
+                                      for engine in ("graphc", "torch")}, args.rounds)
+        row = {"title": MODELS[key][0], "train": train, "ratio": round_ratios(train, "graphc", "torch"),
+               "floor_ms": step_flops(key) / (rate * 1e9) * 1e3}
+        if not args.no_inference:
+            infer = take_turns(__file__, {engine: {"task": "infer", "engine": engine, "model": key,
+                                                   "runs": args.infer_runs}
+                                          for engine in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
+            row.update(infer=infer, infer_ratio=round_ratios(infer, "graphc_ort", "torch_ort"))
+        rows.append(row)
     import torch
-    results = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for key in args.models.split(","):
-            results.append(bench_model(key, args.steps, args.infer_runs, workdir))
-
-    print(f"batch {BATCH}, Adam lr 1e-3; medians of {args.steps} training steps / {args.infer_runs} inference "
-          f"calls; torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+    print(f"batch {BATCH}, Adam lr 1e-3; {args.rounds} rounds, each engine in a process of its own per round; "
+          f"per round the median of {args.steps} steps / {args.infer_runs} inference calls; figures: median over "
+          f"rounds [min-max]; torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
+          f"{ort.__version__}, GEMM rate {rate:.0f} GFLOP/s")
     print("training step (ms)")
-    print(f"  {'model':36s} {'graphc':>8s} {'PyTorch':>8s} {'ratio':>6s}")
-    for r in results:
-        print(f"  {r['title']:36s} {r['graphc_train_ms']:8.2f} {r['torch_train_ms']:8.2f} {r['train_ratio']:6.2f}")
-    print("inference, eval mode (ms)")
-    print(f"  {'model':36s} {'graphc ORT':>10s} {'torch->ORT':>10s} {'eager':>8s} {'graphc/t->ORT':>13s}")
-    for r in results:
-        print(f"  {r['title']:36s} {r['graphc_ort_ms']:10.2f} {r['torch_ort_ms']:10.2f} {r['torch_eager_ms']:8.2f} "
-              f"{r['graphc_ort_ms'] / r['torch_ort_ms']:13.2f}")
-    print("  (torch->ORT: torch.onnx.export(..., dynamo=False); max |logits - eager|, both exports, same weights: "
-          + ", ".join(f"{r['max_abs_diff']:.1e}" for r in results) + ")")
-    return results
+    print(f"  {'model':34s} {'graphc':>20s} {'PyTorch eager':>20s} {'ratio':>18s} {'floor':>6s}")
+    for r in rows:
+        print(f"  {r['title']:34s} {spread(t['median_ms'] for t in r['train']['graphc']):>20s} "
+              f"{spread(t['median_ms'] for t in r['train']['torch']):>20s} {spread(r['ratio']):>18s} "
+              f"{r['floor_ms']:6.2f}")
+    print(f"peak RSS of a training run ({args.steps + 10} steps, MB)")
+    for r in rows:
+        print(f"  {r['title']:34s} graphc {spread(t['peak_rss_mb'] for t in r['train']['graphc'])}  "
+              f"PyTorch {spread(t['peak_rss_mb'] for t in r['train']['torch'])}")
+    if not args.no_inference:
+        print("inference, eval mode (ms)")
+        print(f"  {'model':34s} {'graphc ORT':>20s} {'torch->ORT':>20s} {'eager':>20s} {'graphc/t->ORT':>18s}")
+        for r in rows:
+            i = r["infer"]
+            print(f"  {r['title']:34s} {spread(t['median_ms'] for t in i['graphc_ort']):>20s} "
+                  f"{spread(t['median_ms'] for t in i['torch_ort']):>20s} {spread(t['median_ms'] for t in i['eager']):>20s} "
+                  f"{spread(r['infer_ratio']):>18s}")
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    spec = worker_spec(sys.argv[1:])
+    worker(spec) if spec is not None else main()

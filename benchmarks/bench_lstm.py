@@ -1,19 +1,25 @@
-"""Benchmark: the tutorial LSTM classifier training step, graphc vs PyTorch eager.
+"""Benchmark: the tutorial LSTM classifier: training step, build time and inference, graphc vs PyTorch eager.
 
-    python benchmarks/bench_lstm.py [--steps 300] [--seq static|symbolic] [--threads N] [--infer-runs 100]
+    python benchmarks/bench_lstm.py [--rounds 3] [--steps 100] [--seq static|symbolic] [--threads N]
+                                    [--infer-runs 100]
 
 A 2-layer LSTM (hidden 128, batch_first) reads 28 rows of 28 features (an
 MNIST image row by row); its last time step feeds a Linear(128, 10);
-cross-entropy; Adam(lr=1e-3); batch 64. Prints the median step time of each
-(same process, same batch stream, taking turns every 10 steps) and their ratio. ``--seq symbolic`` builds
-the graphc model with a symbolic sequence length (the Scan lowering) instead
-of the unrolled one.
+cross-entropy; Adam(lr=1e-3); batch 64. Each engine runs in a process of its
+own, the engines taking turns over ``--rounds`` rounds (``common.take_turns``);
+per round a worker reports the median of ``--steps`` steps; the table shows the
+median over rounds [min-max] and the median of the per-round ratios. The graphc
+worker also reports the Trainer's build time (graph + session) and node count.
+``--seq symbolic`` builds the graphc model with a symbolic sequence length (the
+Scan lowering) instead of the unrolled one. Inference: graphc's eval export, ONNX
+Runtime on PyTorch's own export, PyTorch eager, each in its own process too.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -22,7 +28,7 @@ import graphc as gc
 import graphc.nn.functional as F
 from graphc import nn
 
-from common import interleaved_ms
+from common import peak_rss_mb, report, round_ratios, spread, take_turns, time_ms, worker_spec
 
 BATCH, STEPS, FEATURES, HIDDEN, LAYERS, CLASSES = 64, 28, 28, 128, 2, 10
 
@@ -67,46 +73,61 @@ def build_torch():
     return step
 
 
-def inference_ms(runs: int) -> dict:
-    """Eval-mode inference: graphc's export on ORT, ORT on PyTorch's own export, PyTorch eager (same weights)."""
-    import tempfile
-
+def inference_worker(engine: str, runs: int) -> dict:
+    """Eval-mode inference of one engine: graphc's export on ORT, ORT on PyTorch's own export, or PyTorch eager."""
     import onnxruntime as ort
-    import torch
 
-    torch.manual_seed(0)
-    tmodel = _torch_classifier()
-    tmodel.eval()
-    model = Classifier()
-    model.load_state_dict(tmodel.state_dict())
-    model.eval()  # eval mode emits ONNX's own LSTM op
-    x = gc.input("x", shape=("batch", STEPS, FEATURES))
-    program = gc.compile([x], {"logits": model(x)})
     xb = np.random.default_rng(1).standard_normal((BATCH, STEPS, FEATURES)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as folder:
-        path = f"{folder}/lstm.onnx"
-        torch.onnx.export(tmodel, (torch.from_numpy(xb),), path, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
-        torch_ort = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    runners = {
-        "graphc export on ORT": lambda: program.session.run(None, {"x": xb}),
-        "torch export on ORT": lambda: torch_ort.run(None, {"x": xb}),
-        "torch eager": lambda: tmodel(torch.from_numpy(xb)),
-    }
-    expected = tmodel(torch.from_numpy(xb)).detach().numpy()
-    assert np.allclose(program.run({"x": xb})["logits"], expected, atol=1e-4)
-    results = {}
-    with torch.no_grad():
-        for name, run in runners.items():
-            for _ in range(5):
-                run()
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            results[name] = statistics.median(times) * 1e3
-    return results
+    if engine == "graphc_ort":
+        gc.manual_seed(0)
+        model = Classifier().eval()  # eval mode emits ONNX's own LSTM op
+        x = gc.input("x", shape=("batch", STEPS, FEATURES))
+        with tempfile.TemporaryDirectory() as folder:
+            gc.compile([x], {"logits": model(x)}).save(f"{folder}/lstm.onnx")
+            session = ort.InferenceSession(f"{folder}/lstm.onnx", providers=["CPUExecutionProvider"])
+        run = lambda: session.run(None, {"x": xb})  # noqa: E731
+    else:
+        import torch
+        torch.manual_seed(0)
+        tmodel = _torch_classifier().eval()
+        if engine == "eager":
+            def run():
+                with torch.inference_mode():
+                    return tmodel(torch.from_numpy(xb))
+        else:
+            with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+                torch.onnx.export(tmodel, (torch.from_numpy(xb),), f"{folder}/lstm.onnx", input_names=["x"],
+                                  output_names=["logits"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+                session = ort.InferenceSession(f"{folder}/lstm.onnx", providers=["CPUExecutionProvider"])
+            run = lambda: session.run(None, {"x": xb})  # noqa: E731
+    return {"median_ms": float(np.median(time_ms(run, runs, warmup=5)))}
+
+
+def train_worker(engine: str, seq: str, threads: int | None, steps: int) -> dict:
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((BATCH, STEPS, FEATURES)).astype(np.float32),
+             rng.integers(0, CLASSES, BATCH).astype(np.int64)) for _ in range(10)]
+    extra = {}
+    if engine == "graphc":
+        step, build_s, nodes = build_graphc(seq, threads)
+        extra = {"build_s": build_s, "nodes": nodes}
+    else:
+        step = build_torch()
+    count = [0]
+
+    def one():
+        xb, yb = data[count[0] % len(data)]
+        count[0] += 1
+        step(xb, yb)
+    times = time_ms(one, steps)
+    return {"median_ms": float(np.median(times)), "peak_rss_mb": peak_rss_mb(), **extra}
+
+
+def worker(spec: dict) -> None:
+    if spec["task"] == "train":
+        report(train_worker(spec["engine"], spec["seq"], spec["threads"], spec["steps"]))
+    else:
+        report(inference_worker(spec["engine"], spec["runs"]))
 
 
 def _torch_classifier():
@@ -127,41 +148,42 @@ def _torch_classifier():
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seq", choices=["static", "symbolic"], default="static")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--infer-runs", type=int, default=100, help="inference calls timed per runner (0: skip)")
+    parser.add_argument("--infer-runs", type=int, default=100, help="inference calls timed per turn (0: skip)")
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
-    batches = [(rng.standard_normal((BATCH, STEPS, FEATURES)).astype(np.float32),
-                rng.integers(0, CLASSES, BATCH).astype(np.int64)) for _ in range(args.steps)]
-    step, build_s, nodes = build_graphc(args.seq, args.threads)
-    steps = {"graphc": step}
-    try:
-        steps["torch"] = build_torch()
-    except ImportError:
-        pass
-    medians, rounds = interleaved_ms(steps, batches)
-    results = {"graphc_ms": medians["graphc"], "build_s": build_s, "nodes": nodes}
-    if "torch" in medians:
-        results["torch_ms"] = medians["torch"]
-        results["ratio"] = results["graphc_ms"] / results["torch_ms"]
-        results["round_ratio"] = statistics.median(r["graphc"] / r["torch"] for r in rounds)
-    print(f"LSTM {LAYERS}x{HIDDEN} over {STEPS}x{FEATURES}, batch {BATCH}, Adam, {args.seq} length, "
-          f"median of {args.steps} steps")
-    print(f"  graphc (ONNX Runtime CPU): {results['graphc_ms']:.2f} ms/step  "
-          f"(step graph: {nodes} nodes, built in {build_s:.1f} s)")
-    if "torch_ms" in results:
-        print(f"  PyTorch eager:             {results['torch_ms']:.2f} ms/step")
-        print(f"  ratio graphc / PyTorch:    {results['ratio']:.2f}  "
-              f"(median of per-round ratios: {results['round_ratio']:.2f})")
-    if args.infer_runs and "torch" in steps:
-        results["inference_ms"] = inference_ms(args.infer_runs)
-        print(f"inference, eval mode, batch {BATCH}, median of {args.infer_runs} calls:")
-        for name, ms in results["inference_ms"].items():
-            print(f"  {name:22s} {ms:7.2f} ms")
+    train = take_turns(__file__, {e: {"task": "train", "engine": e, "seq": args.seq, "threads": args.threads,
+                                      "steps": args.steps} for e in ("graphc", "torch")}, args.rounds)
+    ratios = round_ratios(train, "graphc", "torch")
+    results = {"graphc_ms": float(np.median([r["median_ms"] for r in train["graphc"]])),
+               "torch_ms": float(np.median([r["median_ms"] for r in train["torch"]])),
+               "ratio": float(np.median(ratios)),
+               "build_s": float(np.median([r["build_s"] for r in train["graphc"]])),
+               "nodes": train["graphc"][0]["nodes"]}
+    print(f"LSTM {LAYERS}x{HIDDEN} over {STEPS}x{FEATURES}, batch {BATCH}, Adam, {args.seq} length; {args.rounds} "
+          f"rounds, each engine in a process of its own; per round the median of {args.steps} steps; "
+          f"median over rounds [min-max]")
+    print(f"  graphc (ONNX Runtime CPU): {spread(r['median_ms'] for r in train['graphc'])} ms/step  "
+          f"(step graph: {results['nodes']} nodes; Trainer built in {spread(r['build_s'] for r in train['graphc'])} s)")
+    print(f"  PyTorch eager:             {spread(r['median_ms'] for r in train['torch'])} ms/step")
+    print(f"  ratio graphc / PyTorch:    {spread(ratios)}")
+    print(f"  peak RSS (MB): graphc {spread(r['peak_rss_mb'] for r in train['graphc'])}, "
+          f"PyTorch {spread(r['peak_rss_mb'] for r in train['torch'])}")
+    if args.infer_runs:
+        infer = take_turns(__file__, {e: {"task": "infer", "engine": e, "runs": args.infer_runs}
+                                      for e in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
+        results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
+        results["inference_ratio"] = float(np.median(round_ratios(infer, "graphc_ort", "torch_ort")))
+        print(f"inference, eval mode, batch {BATCH}, per round the median of {args.infer_runs} calls (ms):")
+        for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
+                            ("eager", "torch eager")):
+            print(f"  {label:22s} {spread(r['median_ms'] for r in infer[name])}")
+        print(f"  ratio graphc / torch->ORT: {spread(round_ratios(infer, 'graphc_ort', 'torch_ort'))}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    spec = worker_spec(sys.argv[1:])
+    worker(spec) if spec is not None else main()

@@ -1,23 +1,26 @@
 """Benchmark: the tutorial MLP (784-128-64-10, batch 64) training step, graphc vs PyTorch eager.
 
-    python benchmarks/bench_mlp.py [--steps 2000] [--optimizer adam|sgd] [--interleave]
+    python benchmarks/bench_mlp.py [--rounds 3] [--steps 500] [--optimizer adam|sgd]
 
-Prints the median step time of each (same process, same batches; one after the
-other, or taking turns with --interleave), their ratio, and the floor: the step's FLOPs over the GEMM rate measured here.
-PyTorch is only the reference peer (skipped if not installed).
+Each engine runs in a process of its own, the engines taking turns over ``--rounds`` rounds
+(``common.take_turns``); per round a worker reports the median of ``--steps`` steps (after 50
+untimed). Prints the median over rounds [min-max] of each, the median of the per-round ratios,
+and the floor: the step's FLOPs over the GEMM rate measured here.
+PyTorch is only the reference peer (the script needs it installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
+
 import numpy as np
 
 import graphc as gc
 import graphc.nn.functional as F
 from graphc import nn
 
-from common import gemm_gflops, interleaved_ms
+from common import gemm_gflops, peak_rss_mb, report, round_ratios, spread, take_turns, time_ms, worker_spec
 
 SIZES = (784, 128, 64, 10)
 BATCH = 64
@@ -67,41 +70,45 @@ def step_flops() -> float:
     return 2 * sum(per_layer) + sum(per_layer[1:])
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    parser.add_argument("--interleave", action="store_true", help="take turns every 50 steps")
-    args = parser.parse_args(argv)
+def worker(spec: dict) -> None:
     rng = np.random.default_rng(0)
     pool = [(rng.standard_normal((BATCH, SIZES[0])).astype(np.float32), rng.integers(0, 10, BATCH))
             for _ in range(100)]
-    batches = [pool[i % len(pool)] for i in range(args.steps)]  # 100 distinct batches, reused
-    steps = {"graphc": build_graphc(args.optimizer)}
-    try:
-        steps["torch"] = build_torch(args.optimizer)
-    except ImportError:
-        pass
-    # Sequential by default: each framework's steps back to back, as a user runs them. Taking turns
-    # (--interleave) exposes both to the same load, but each one's idle worker threads (ONNX Runtime's
-    # and PyTorch's spin-waiting pools) then slow the other's sub-millisecond steps.
-    block = 50 if args.interleave else len(batches)
-    medians, rounds = interleaved_ms(steps, batches, warmup=50, block=block)
-    results = {"graphc_ms": medians["graphc"]}
-    if "torch" in medians:
-        results["torch_ms"] = medians["torch"]
-        results["ratio"] = statistics.median(r["graphc"] / r["torch"] for r in rounds)
+    step = build_graphc(spec["optimizer"]) if spec["engine"] == "graphc" else build_torch(spec["optimizer"])
+    count = [0]
+
+    def one():
+        xb, yb = pool[count[0] % len(pool)]
+        count[0] += 1
+        step(xb, yb)
+    times = time_ms(one, spec["steps"], warmup=50)
+    report({"median_ms": float(np.median(times)), "peak_rss_mb": peak_rss_mb()})
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    args = parser.parse_args(argv)
+    runs = take_turns(__file__, {e: {"engine": e, "optimizer": args.optimizer, "steps": args.steps}
+                                 for e in ("graphc", "torch")}, args.rounds)
     rate = gemm_gflops()
-    results["floor_ms"] = step_flops() / (rate * 1e9) * 1e3
-    print(f"MLP 784-128-64-10, batch {BATCH}, {args.optimizer}, median of {args.steps} steps")
-    print(f"  graphc (ONNX Runtime CPU): {results['graphc_ms']:.3f} ms/step")
-    if "torch_ms" in results:
-        print(f"  PyTorch eager:             {results['torch_ms']:.3f} ms/step")
-        how = "taking turns every 50 steps" if args.interleave else "one after the other"
-        print(f"  ratio graphc / PyTorch:    {results['ratio']:.2f}  ({how})")
+    results = {"graphc_ms": float(np.median([r["median_ms"] for r in runs["graphc"]])),
+               "torch_ms": float(np.median([r["median_ms"] for r in runs["torch"]])),
+               "ratio": float(np.median(round_ratios(runs, "graphc", "torch"))),
+               "floor_ms": step_flops() / (rate * 1e9) * 1e3}
+    print(f"MLP 784-128-64-10, batch {BATCH}, {args.optimizer}; {args.rounds} rounds, each engine in a process of "
+          f"its own; per round the median of {args.steps} steps; median over rounds [min-max]")
+    print(f"  graphc (ONNX Runtime CPU): {spread(r['median_ms'] for r in runs['graphc'])} ms/step")
+    print(f"  PyTorch eager:             {spread(r['median_ms'] for r in runs['torch'])} ms/step")
+    print(f"  ratio graphc / PyTorch:    {spread(round_ratios(runs, 'graphc', 'torch'))}")
     print(f"  floor ({step_flops() / 1e6:.1f} MFLOP at {rate:.0f} GFLOP/s): {results['floor_ms']:.3f} ms/step")
+    print(f"  peak RSS (MB): graphc {spread(r['peak_rss_mb'] for r in runs['graphc'])}, "
+          f"PyTorch {spread(r['peak_rss_mb'] for r in runs['torch'])}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    spec = worker_spec(sys.argv[1:])
+    worker(spec) if spec is not None else main()

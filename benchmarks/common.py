@@ -1,8 +1,13 @@
-"""Helpers the benchmark scripts share: runners taking turns, the measured GEMM rate."""
+"""Helpers the benchmark scripts share: engines in processes of their own taking turns, the measured GEMM rate."""
 
 from __future__ import annotations
 
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -44,3 +49,83 @@ def gemm_gflops(n: int = 1024, repeats: int = 20) -> float:
     for _ in range(repeats):
         a @ a
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+# ---- one process per engine ---------------------------------------------------------------------
+# Each measurement runs in a fresh process of its own (``python SCRIPT --worker SPEC``), the engines
+# taking turns over several rounds: in one process the idle worker threads of one engine keep spinning
+# and slow the other (PyTorch's MLP step: 10.9 ms taking turns in one process, 2.0 ms in its own).
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+def worker_spec(argv) -> dict | None:
+    """The JSON spec after ``--worker`` in ``argv``, or None when this process is the driver."""
+    if len(argv) >= 2 and argv[0] == "--worker":
+        return json.loads(argv[1])
+    return None
+
+
+def report(result: dict) -> None:
+    """A worker's last word: one tagged JSON line on stdout for the driver."""
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_worker(script: str, spec: dict, timeout: float = 900) -> dict:
+    """Run ``script --worker spec`` in a new Python process and return the result it reported."""
+    done = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(os.path.abspath(script)))
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"benchmark worker {spec} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def take_turns(script: str, specs: dict, rounds: int) -> dict:
+    """Each spec run once per round, each in its own process, the order reversed every other round.
+
+    Returns name -> list of the results of each round.
+    """
+    results = {name: [] for name in specs}
+    for r in range(rounds):
+        order = list(specs) if r % 2 == 0 else list(reversed(list(specs)))
+        for name in order:
+            results[name].append(run_worker(script, specs[name]))
+    return results
+
+
+def time_ms(fn, calls: int, warmup: int = 10) -> list[float]:
+    """Milliseconds of each of ``calls`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def cpu_ms_per_call(fn, calls: int) -> float:
+    """CPU time (all threads of this process) per call: steadier than wall time on a loaded machine,
+    but it also counts worker threads spinning while they wait."""
+    start = time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - start) * 1e3 / calls
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def spread(values) -> str:
+    """``median [min-max]`` of per-round figures."""
+    values = list(values)
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def round_ratios(results: dict, numerator: str, denominator: str, key: str = "median_ms") -> list[float]:
+    """Per-round ratio of two engines' figures (the rounds ran back to back, under the same load)."""
+    return [a[key] / b[key] for a, b in zip(results[numerator], results[denominator])]

@@ -371,3 +371,66 @@ def test_pool2d_configurations_grads_match_torch(case):
     result = gc.compile([x], {"out": out, "dx": dx}).run({"x": xb})
     np.testing.assert_allclose(result["out"], tout.detach().numpy(), **TOL)
     np.testing.assert_allclose(result["dx"], txb.grad.numpy(), err_msg="dx", **TOL)
+
+
+MAX_POOL_TIE_CASES = {
+    # name: (kwargs, channels, H, W, dtype); the MaxPool rule's lowering for it is named after the colon
+    "k2:mask": ({"kernel_size": 2}, 3, 8, 8, "float32"),
+    "k2x3_rect:mask": ({"kernel_size": (2, 3)}, 3, 6, 9, "float32"),
+    "k2_large_map:unpool": ({"kernel_size": 2}, 3, 64, 64, "float32"),
+    "k2_floor_remainder:scatter": ({"kernel_size": 2}, 3, 7, 9, "float32"),
+    "k2_s3_gaps:unpool": ({"kernel_size": 2, "stride": 3}, 3, 8, 8, "float32"),
+    "k2:scatter_float64": ({"kernel_size": 2}, 3, 8, 8, "float64"),
+    "k3_s2_overlap:scatter": ({"kernel_size": 3, "stride": 2}, 3, 9, 9, "float32"),
+    "k2_ceil:scatter": ({"kernel_size": 2, "ceil_mode": True}, 3, 7, 7, "float32"),
+}
+LOWERING_OPS = {"mask": "Resize", "unpool": "MaxUnpool", "scatter": "ScatterElements"}
+
+
+@pytest.mark.parametrize("case", list(MAX_POOL_TIE_CASES))
+def test_max_pool_gradient_goes_to_the_first_maximum_on_ties_as_in_torch(case):
+    """Inputs on a coarse grid (many equal maxima per window, constant windows too): PyTorch gives a
+    window's whole cotangent to its first maximum in row-major order; graphc must pick the same one."""
+    kwargs, channels, h, w, dtype = MAX_POOL_TIE_CASES[case]
+    rng = np.random.default_rng(2)
+    xb = np.round(rng.standard_normal((2, channels, h, w)) * 0.8).astype(dtype)
+    xb[0, 0] = 1.0  # every window of this channel is a tie of all its elements
+    txb = torch.from_numpy(xb).requires_grad_()
+    tout = TNN.MaxPool2d(**kwargs)(txb)
+    cot = rng.standard_normal(tuple(tout.shape)).astype(dtype)
+    (tout * torch.from_numpy(cot)).sum().backward()
+
+    x = gc.input("x", shape=("batch", channels, h, w), dtype=dtype)
+    out = nn.MaxPool2d(**kwargs)(x)
+    (dx,) = gc.grad((out * gc.constant(cot, dtype=dtype)).sum(), [x])
+    program = gc.compile([x], {"out": out, "dx": dx})
+    ops = {node.op_type for node in program.model.graph.node}
+    lowering = case.split(":")[1].split("_")[0]
+    assert {op for op in LOWERING_OPS.values() if op in ops} == {LOWERING_OPS[lowering]}, ops
+    result = program.run({"x": xb})
+    np.testing.assert_array_equal(result["out"], tout.detach().numpy())
+    np.testing.assert_array_equal(result["dx"], txb.grad.numpy())
+
+
+@pytest.mark.parametrize("shape, lowering", [((2, 3, 8), "mask"), ((2, 2, 4, 6, 4), "mask"),
+                                             ((2, 3, 64, 64, 4), "unpool")])
+def test_max_pool_1d_3d_gradient_matches_torch_on_ties(shape, lowering):
+    """An imported 1-D / 3-D MaxPool (kernel 2, stride 2): the rank-generic mask and MaxUnpool lowerings."""
+    from onnx import TensorProto, helper
+    nd = len(shape) - 2
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2] * nd, strides=[2] * nd)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", *shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    module = gc.load_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    rng = np.random.default_rng(3)
+    xb = np.round(rng.standard_normal(shape)).astype(np.float32)  # integers: ties in most windows
+    txb = torch.from_numpy(xb).requires_grad_()
+    tout = (TF.max_pool1d if nd == 1 else TF.max_pool3d)(txb, 2)
+    cot = rng.standard_normal(tuple(tout.shape)).astype(np.float32)
+    (tout * torch.from_numpy(cot)).sum().backward()
+
+    x = gc.input("x", ("batch", *shape[1:]))
+    (dx,) = gc.grad((module(x) * gc.constant(cot)).sum(), [x])
+    program = gc.compile([x], {"dx": dx})
+    assert LOWERING_OPS[lowering] in {node.op_type for node in program.model.graph.node}
+    np.testing.assert_array_equal(program.run({"x": xb})["dx"], txb.grad.numpy())

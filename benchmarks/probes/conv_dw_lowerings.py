@@ -89,6 +89,75 @@ def patches_gemm():
     return model(nodes, inits, [O, C, K, K])
 
 
+def patches_small_transpose():
+    """B3: the one-hot patches, but MatMul(patches, g^T): only g and the (C*k*k, O) result are transposed."""
+    L = OH * OH
+    nodes = [helper.make_node("Conv", ["x", "eye"], ["pt"], pads=[P] * 4, group=C),
+             helper.make_node("Reshape", ["pt", "s1"], ["p3"]),
+             helper.make_node("Reshape", ["g", "s2"], ["g3"]),
+             helper.make_node("Transpose", ["g3"], ["g3t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["p3", "g3t"], ["prod"]),
+             helper.make_node("ReduceSum", ["prod", "ax"], ["sum"], keepdims=0),
+             helper.make_node("Transpose", ["sum"], ["sumt"], perm=[1, 0]),
+             helper.make_node("Reshape", ["sumt", "s3"], ["dw"])]
+    inits = [onehot_kernel(), ints("s1", [N, C * K * K, L]), ints("s2", [N, O, L]), ints("ax", [0]),
+             ints("s3", [O, C, K, K])]
+    return model(nodes, inits, [O, C, K, K])
+
+
+def gather_indices():
+    """(K*K, OH*OW) positions in the flattened padded input that each tap reads at each output position."""
+    hp = H + 2 * P
+    taps = []
+    for kh in range(K):
+        for kw in range(K):
+            taps.append(((np.arange(OH)[:, None] + kh) * hp + np.arange(OH)[None, :] + kw).reshape(-1))
+    return np.stack(taps)
+
+
+def gather_patches(einsum=False):
+    """G: im2col as one Gather (build-time index table) on the padded, spatially flattened input."""
+    L = OH * OH
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"]),
+             helper.make_node("Reshape", ["xp", "s0"], ["xf"]),
+             helper.make_node("Gather", ["xf", "idx"], ["p4"], axis=2),
+             helper.make_node("Reshape", ["p4", "s1"], ["p3"]),
+             helper.make_node("Reshape", ["g", "s2"], ["g3"]),
+             helper.make_node("Transpose", ["g3"], ["g3t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["p3", "g3t"], ["prod"]),
+             helper.make_node("ReduceSum", ["prod", "ax"], ["sum"], keepdims=0),
+             helper.make_node("Transpose", ["sum"], ["sumt"], perm=[1, 0]),
+             helper.make_node("Reshape", ["sumt", "s3"], ["dw"])]
+    inits = [ints("pads", [0, 0, P, P, 0, 0, P, P]), ints("s0", [N, C, -1]), ints("idx", gather_indices()),
+             ints("s1", [N, C * K * K, L]), ints("s2", [N, O, L]), ints("ax", [0]), ints("s3", [O, C, K, K])]
+    return model(nodes, inits, [O, C, K, K])
+
+
+def slice_patches():
+    """S: im2col as K*K Slices of the padded input, concatenated on a new tap axis."""
+    L = OH * OH
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"])]
+    inits = [ints("pads", [0, 0, P, P, 0, 0, P, P]), ints("axes", [2, 3]), ints("s5", [N, C, 1, L])]
+    parts = []
+    for kh in range(K):
+        for kw in range(K):
+            t = f"{kh}_{kw}"
+            inits += [ints(f"b{t}", [kh, kw]), ints(f"e{t}", [kh + OH, kw + OH])]
+            nodes += [helper.make_node("Slice", ["xp", f"b{t}", f"e{t}", "axes"], [f"sl{t}"]),
+                      helper.make_node("Reshape", [f"sl{t}", "s5"], [f"r{t}"])]
+            parts.append(f"r{t}")
+    nodes += [helper.make_node("Concat", parts, ["p4"], axis=2),
+              helper.make_node("Reshape", ["p4", "s1"], ["p3"]),
+              helper.make_node("Reshape", ["g", "s2"], ["g3"]),
+              helper.make_node("Transpose", ["g3"], ["g3t"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["p3", "g3t"], ["prod"]),
+              helper.make_node("ReduceSum", ["prod", "ax"], ["sum"], keepdims=0),
+              helper.make_node("Transpose", ["sum"], ["sumt"], perm=[1, 0]),
+              helper.make_node("Reshape", ["sumt", "s3"], ["dw"])]
+    inits += [ints("s1", [N, C * K * K, L]), ints("s2", [N, O, L]), ints("ax", [0]), ints("s3", [O, C, K, K])]
+    return model(nodes, inits, [O, C, K, K])
+
+
 def median_ms(session, feeds, repeats=30):
     session.run(None, feeds)
     times = []
@@ -109,7 +178,9 @@ def main():
              "g": rng.standard_normal((N, O, OH, OH)).astype(np.float32)}
     results = {}
     for name, build in [("A transposed-batch Conv", transposed_batch), ("B1 patches + batched MatMul",
-                        patches_batched_matmul), ("B2 patches + one Gemm", patches_gemm)]:
+                        patches_batched_matmul), ("B2 patches + one Gemm", patches_gemm),
+                        ("B3 patches, small transposes", patches_small_transpose),
+                        ("G Gather patches + MatMul", gather_patches), ("S Slice patches + MatMul", slice_patches)]:
         session = build()
         results[name] = session.run(None, feeds)[0]
         print(f"{name:32s} {median_ms(session, feeds):7.2f} ms")

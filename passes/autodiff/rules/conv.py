@@ -1,15 +1,21 @@
 """VJP rules of the spatial ops: Conv, ConvTranspose, MaxPool, AveragePool, BatchNormalization (inference form).
 
-Lowerings were chosen by measurement (benchmarks/probes/conv_dw_lowerings.py,
-32->64 3x3 on 16x16, batch 64, ONNX Runtime CPU): the weight gradient as
-patches (a one-hot depthwise Conv, i.e. im2col) + batched MatMul + ReduceSum
-over the batch ran 12 ms, against 54 ms for a Conv over the batch-transposed
-input and 33 ms for the patches laid out for a single Gemm.
+Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/performance.md):
+- Conv weight gradient (benchmarks/probes/conv_dw_lowerings.py): patches (a one-hot depthwise Conv,
+  i.e. im2col) + batched MatMul(patches, g^T) + ReduceSum over the batch; for the padded CNN's
+  3->32 and 32->64 3x3 layers 4.6 and 12 ms, against 10 and 24 ms for MatMul(g, patches^T) (the large
+  patches transposed: the layout before issue 11) and 24 and 41 ms for a Conv over the batch-transposed
+  input. For ungrouped kernels with more taps than output channels (LeNet's 5x5 layers) the
+  batch-transposed Conv, level with or ahead of patches there (whole LeNet step: patches 1.2x its CPU time).
+- Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
+  32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
+- MaxPool: see ``max_pool_vjp`` (probes/maxpool_grad_lowerings.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
@@ -69,6 +75,11 @@ def _conv_transpose(ctx: VJPContext, g, weight, x_sp, out_sp, kernel, strides, d
     return ctx.op("ConvTranspose", [g, weight], attrs)
 
 
+def weight_grad_lowering(out_channels: int, taps: int, group: int) -> str:
+    """"transposed_batch" or "patches": the measured choice for a Conv weight gradient (see the module doc)."""
+    return "transposed_batch" if group == 1 and taps > out_channels else "patches"
+
+
 def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group):
     """dw of y = Conv(x, w): the sum over the batch of g's correlation with x's patches.
 
@@ -78,7 +89,7 @@ def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group)
     w_dims = static_dims(w)
     out_c, in_per_group, kernel = w_dims[0], w_dims[1], list(w_dims[2:])
     taps = int(np.prod(kernel))
-    if group == 1 and taps > out_c:
+    if weight_grad_lowering(out_c, taps, group) == "transposed_batch":
         return _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
     channels = in_per_group * group
     eye = np.zeros((channels * taps, 1, *kernel), dtype=w.dtype.numpy())
@@ -89,8 +100,11 @@ def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group)
                                                      "group": channels, "kernel_shape": kernel})
     patches = ctx.op("Reshape", [patches, ctx.e.ints([0, group, in_per_group * taps, -1])])
     grads = ctx.op("Reshape", [g, ctx.e.ints([0, group, out_c // group, -1])])
-    per_sample = ctx.op("MatMul", [grads, ctx.op("Transpose", [patches], {"perm": [0, 1, 3, 2]})])
+    # patches @ g^T, not g @ patches^T: only the small operand and the summed result are transposed
+    # (probes/conv_dw_lowerings.py, B3 against B1: 4.6 vs 9.6 ms and 12 vs 24 ms on the padded CNN's convs).
+    per_sample = ctx.op("MatMul", [patches, ctx.op("Transpose", [grads], {"perm": [0, 1, 3, 2]})])
     summed = ctx.op("ReduceSum", [per_sample, ctx.e.ints([0])], {"keepdims": 0})
+    summed = ctx.op("Transpose", [summed], {"perm": [0, 2, 1]})
     return ctx.op("Reshape", [summed, ctx.e.ints([out_c, in_per_group, *kernel])])
 
 
@@ -182,21 +196,104 @@ def conv_transpose_vjp(ctx: VJPContext):
     return [dx, dw, db]
 
 
+def _windows_disjoint(ctx: VJPContext, nd: int) -> bool:
+    """Whether no input element lies in two MaxPool windows (stride >= dilated kernel extent, per axis)."""
+    kernel = _spatial(ctx, "kernel_shape", [])
+    strides = _spatial(ctx, "strides", [1] * nd)
+    dilations = _spatial(ctx, "dilations", [1] * nd)
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, strides, dilations))
+
+
+def _unpool_fits(ctx: VJPContext, x, nd: int) -> bool:
+    """Whether MaxUnpool's default output size, (out - 1) * stride + kernel, is x's static spatial size."""
+    sizes, outs = static_dims(x), static_dims(ctx.outputs[0])
+    if sizes is None or outs is None or not all(isinstance(d, int) for d in sizes[2:] + outs[2:]):
+        return False
+    kernel = _spatial(ctx, "kernel_shape", [])
+    strides = _spatial(ctx, "strides", [1] * nd)
+    return all((o - 1) * s + k == size for o, s, k, size in zip(outs[2:], strides, kernel, sizes[2:]))
+
+
+# Per-sample input elements up to which the mask lowering beats MaxUnpool (maxpool_grad_lowerings.py, batch 64:
+# 6x28x28 and 16x10x10 maps 0.59 vs 0.7-1.3 ms and 0.24 vs 0.47 ms; 32x32x32 and 64x16x16 maps lose, 21-37 vs
+# 12-23 ms and 16-20 vs 5.4-12 ms: with Indices the forward MaxPool leaves MLAS's fast kernel, which small
+# maps pay for, while the mask's eight passes over x cost more once x outgrows the caches).
+MASK_MAX_ELEMENTS_PER_SAMPLE = 8192
+
+
+def _mask_pool_kernel(ctx: VJPContext, x, nd: int) -> list[int] | None:
+    """The kernel when the MaxPool's windows tile a small float32 input exactly, else None."""
+    kernel = _spatial(ctx, "kernel_shape", [])
+    dims = static_dims(x)
+    if x.dtype != ir.DataType.FLOAT or dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    if int(np.prod(dims[1:])) > MASK_MAX_ELEMENTS_PER_SAMPLE or _spatial(ctx, "strides", [1] * nd) != kernel:
+        return None
+    if any(_spatial(ctx, "pads", [0] * (2 * nd))) or any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
+        return None
+    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+        return None
+    return kernel if all(size % k == 0 for size, k in zip(dims[2:], kernel)) else None
+
+
+def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
+    """dx = upsampled g where x is its window's first maximum, for windows that tile x; no Indices needed.
+
+    number = -(row-major position in the window), a build-time map of x's spatial shape;
+    score = number where x == upsampled y, else -taps; first = MaxPool(score) (the smallest position
+    among the maxima: PyTorch's first-maximum rule for ties); dx = upsampled g where number == upsampled
+    first. A window without a maximum equal to y (NaN) gets no gradient.
+    """
+    x_sp = static_dims(x)[2:]
+    taps = int(np.prod(kernel))
+    within = np.ravel_multi_index(np.meshgrid(*[np.arange(size) % k for size, k in zip(x_sp, kernel)],
+                                              indexing="ij"), kernel)
+    numbers = ctx.e.const(-within.astype(np.float32)[None, None])
+    scales = ctx.e.const(np.asarray([1, 1, *kernel], dtype=np.float32))
+    nearest = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
+
+    def upsample(value):
+        return ctx.op("Resize", [value, None, scales], nearest)
+    is_max = ctx.op("Equal", [x, upsample(ctx.outputs[0])])
+    score = ctx.op("Where", [is_max, numbers, ctx.const(-taps, x)])
+    first = ctx.op("MaxPool", [score], {"kernel_shape": kernel, "strides": kernel})
+    return ctx.op("Where", [ctx.op("Equal", [numbers, upsample(first)]), upsample(ctx.g), ctx.const(0, x)])
+
+
 @register_vjp("MaxPool")
 def max_pool_vjp(ctx: VJPContext):
-    """MaxPool(x) -> (y, indices);  dx = zeros(x) scatter-added with g at the argmax indices.
+    """MaxPool(x) -> (y, indices);  dx = g routed to each window's argmax (the first maximum on ties).
 
-    ONNX Runtime, like PyTorch, picks the first maximum of a window on ties;
-    overlapping windows that pick the same element add their cotangents.
+    Three lowerings, by measurement (benchmarks/probes/maxpool_grad_lowerings.py):
+    - windows that tile a small float32 input (stride = kernel, <= MASK_MAX_ELEMENTS_PER_SAMPLE
+      elements per sample: LeNet's pools): a mask of the first maximum, ``_max_pool_mask_vjp``; the
+      forward then needs no Indices output;
+    - other disjoint windows (stride >= kernel, float32, no pads, windows reaching x's end exactly):
+      dx = MaxUnpool(g, indices) onto x's shape, one op;
+    - otherwise dx = zeros(x) scatter-added with g at the indices (two overlapping windows that pick the
+      same element add their cotangents, as in PyTorch).
+    ONNX Runtime, like PyTorch, picks the first maximum of a window on ties.
     """
     x = ctx.inputs[0]
     if ctx.attr("storage_order", 0):
         raise NotImplementedError("the gradient of MaxPool with storage_order=1 (column-major indices)")
+    nd = len(_spatial(ctx, "kernel_shape", []))
+    kernel = _mask_pool_kernel(ctx, x, nd)
+    if kernel is not None:
+        return [_max_pool_mask_vjp(ctx, x, kernel)]
     if len(ctx.outputs) > 1:
         indices = ctx.outputs[1]
     else:  # an imported model whose MaxPool dropped Indices: pool again, with indices
         attrs = {k: v.value for k, v in ctx.node.attributes.items()}
         indices = ctx.op("MaxPool", [x], attrs, num_outputs=2)[1]
+    # MaxUnpool only where its default output size is x's (no pads, no partial or ignored trailing windows):
+    # onnx.reference's MaxUnpool (an oracle of the tests) writes out of bounds otherwise, though ONNX
+    # Runtime honours output_shape. ONNX Runtime's CPU MaxUnpool is float32 only: other dtypes scatter.
+    plain = not any(_spatial(ctx, "pads", [0] * (2 * nd))) and not ctx.attr("ceil_mode", 0) and \
+        ctx.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID") and _unpool_fits(ctx, x, nd)
+    if plain and _windows_disjoint(ctx, nd) and x.dtype == ir.DataType.FLOAT:
+        attrs = {"kernel_shape": _spatial(ctx, "kernel_shape", []), "strides": _spatial(ctx, "strides", [1] * nd)}
+        return [ctx.op("MaxUnpool", [ctx.g, indices, ctx.op("Shape", [x])], attrs)]
     flat_g = ctx.op("Reshape", [ctx.g, ctx.e.ints([-1])])
     flat_i = ctx.op("Reshape", [indices, ctx.e.ints([-1])])
     zero = ctx.op("Reshape", [zeros_like(ctx, x), ctx.e.ints([-1])])  # not x * 0: inf * 0 is NaN
