@@ -170,7 +170,8 @@ def _pool_args(op: str, kernel_size, stride, padding):
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """Max pooling (ONNX MaxPool, emitted with its Indices output, which the gradient scatters through)."""
+    """Max pooling (ONNX MaxPool with its Indices output; the gradient rule picks a mask, MaxUnpool or a scatter
+    by window shape, see docs/gradient-lowerings.md, and drops Indices where it does not need them)."""
     _check_4d("max_pool2d", x)
     (kh, kw), (sh, sw), (ph, pw) = _pool_args("max_pool2d", kernel_size, stride, padding)
     dh, dw = _pair("max_pool2d", "dilation", dilation)
