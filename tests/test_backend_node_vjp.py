@@ -25,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.gradient_coverage import check, node_cases, skip_reason  # noqa: E402
 
 KNOWN_WRONG = {
-    "test_maxpool_3d_dilations": "MaxPool rule: 3-D pooling with dilations gives a wrong gradient",
-    "test_maxpool_3d_dilations_use_ref_impl": "MaxPool rule: 3-D pooling with dilations gives a wrong gradient",
     # Not a rule bug: ONNX Runtime has no double Resize, so the finite differences run on onnx's reference
     # evaluator, whose align_corners maps by the fractional in * scale (4 * 0.6 = 2.4; onnx/onnx#2462); ONNX
     # Runtime and torch map by floor(in * scale) = 2, and the rule is ONNX Runtime's gradient (checked against
