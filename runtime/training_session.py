@@ -10,6 +10,20 @@ at the next step. Between steps the state never leaves the execution device:
   outputs go to a second, pre-allocated set (double buffering) and the sets
   swap after a good step. Only the loss (and metrics) come back to the host.
 
+ONNX Runtime sessions are created lazily, at the first step of each batch
+shape, with every symbolic dim of the batch inputs pinned to the fed value
+(``SessionOptions.add_free_dimension_override_by_name``): session creation of
+an unrolled recurrent step under a symbolic batch grows steeply with the
+length (docs/performance.md: 28 steps 1.23 s symbolic vs 0.40 s pinned; 100
+steps 15 s vs 2.6 s). Up to ``MAX_PINNED_SESSIONS`` shapes get a pinned
+session each (a last, smaller batch builds a second one); any further shape
+runs on one shared session with the dims left symbolic, so varying shapes
+(sequence lengths) never rebuild a session per step. All sessions share the
+one carried state; on the IOBinding path each session has its own two
+bindings over the same two buffer sets. Which provider loads is settled at
+construction (a tiny probe session when CUDA is among the providers), so
+"CUDA requested but it cannot load" is still raised when the Trainer is built.
+
 A non-finite loss or gradient leaves the state as it was before the step
 (the new values are simply not adopted) and raises
 :class:`NonFiniteLossError`, or, with ``nan_policy="skip"``, is counted and
@@ -35,6 +49,8 @@ import onnxruntime as ort
 from passes.names import BATCH_INPUTS_KEY, GRAD_CHECK, STATE_PAIRS_KEY, STEP  # runtime's one import of passes
 from runtime.input_files import check_feeds, input_specs
 from runtime.providers import (
+    CPU,
+    CUDA,
     announce_auto_choice,
     capture_native_stderr,
     check_session_providers,
@@ -55,12 +71,22 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session on ``provider``; "cuda" that cannot load raises instead of falling back."""
+MAX_PINNED_SESSIONS = 4  # batch shapes that get a session of their own; further shapes share a symbolic one
+
+
+def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int | None = None,
+                   dims: dict[str, int] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``provider``; "cuda" that cannot load raises instead of falling back.
+
+    ``dims`` pins symbolic dims by name (``{"batch": 64}``) for the session's life.
+    """
     providers = resolve_providers(provider)
     data = model if isinstance(model, bytes) else model.SerializeToString()
+    options = session_options(threads)
+    for name, value in (dims or {}).items():
+        options.add_free_dimension_override_by_name(name, int(value))
     with capture_native_stderr() as log:
-        session = ort.InferenceSession(data, session_options(threads), providers=providers)
+        session = ort.InferenceSession(data, options, providers=providers)
     check_session_providers(session, provider, log.text)
     announce_auto_choice(session, provider, log.text)
     return session
@@ -97,6 +123,31 @@ class _FastFeedCheck:
         return {k: np.require(v, requirements="C") for k, v in checked.items()}  # keeps 0-d arrays 0-d
 
 
+def _probe_device(provider: str, threads: int | None) -> str:
+    """The device ``provider`` gives a session here: "cpu" or "cuda" (raises if "cuda" cannot load).
+
+    A one-node session, so that a provider that cannot load is reported at construction, before the
+    (lazily built) step sessions exist.
+    """
+    if resolve_providers(provider) == [CPU]:
+        return "cpu"
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "probe", [value("x", onnx.TensorProto.FLOAT, [1])],
+                                   [value("y", onnx.TensorProto.FLOAT, [1])])
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+    session = create_session(probe, provider, threads)
+    return "cuda" if CUDA in session.get_providers() else "cpu"
+
+
+class _Compiled(NamedTuple):
+    """One ONNX Runtime session of the step, and its two IOBindings (A -> B, B -> A) on the bound path."""
+
+    session: ort.InferenceSession
+    bindings: list | None
+    dims: dict | None  # the pinned dims; None: the symbolic dims left free
+
+
 class _Adopted(NamedTuple):
     """The adopted state, replaced whole: never mutated, so one assignment switches old -> new."""
 
@@ -119,16 +170,25 @@ class TrainingSession:
         self.nan_policy = nan_policy
         self.skipped_steps = 0
         self._model = model  # to name the failing operation when a step fails in ONNX Runtime
-        self.session = create_session(model, provider, threads)
-        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        self._threads = threads
+        self.device = _probe_device(provider, threads)
+        # "auto" that fell back to the CPU builds its step sessions for the CPU: no CUDA load tried again.
+        self._provider = provider if self.device == "cuda" else "cpu"
+        self._sessions: dict = {}  # dim values (tuple), or None for the symbolic session -> _Compiled
+        self._last: _Compiled | None = None
         # IOBinding keeps state in OrtValues on the device (required on CUDA); on CPU plain feeds measured
         # faster, but the bound path can be chosen there too (the tests run it on CPU that way).
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = [o.name for o in model.graph.output]  # a session lists its outputs in this order
         state_inputs = {i for i, _ in self.state_pairs}
         specs = [s for s in input_specs(model) if s.name in set(self.batch_inputs)]
         self._check = _FastFeedCheck(specs)
-        self._class_check = class_index_check(self.session, model)  # for the bound path; run_session has its own
+        # Where each symbolic dim of the batch inputs is read from a fed batch (first input that has it).
+        self._dim_axes: dict[str, tuple[str, int]] = {}
+        for spec in specs:
+            for axis, dim in enumerate(spec.shape or ()):
+                if isinstance(dim, str):
+                    self._dim_axes.setdefault(dim, (spec.name, axis))
         self._source_of = {out: inp for inp, out in self.state_pairs}
         self._result_names = [n for n in self.output_names if n not in self._source_of]
         missing = state_inputs - set(initial_values)
@@ -153,6 +213,42 @@ class TrainingSession:
         self._now = self._now._replace(steps=int(value))  # one swap, as adoption
 
     @property
+    def session(self) -> ort.InferenceSession | None:
+        """The ONNX Runtime session of the latest step (None before the first step: sessions are lazy)."""
+        return None if self._last is None else self._last.session
+
+    def sessions(self) -> list:
+        """The sessions built so far, as ``(pinned dims, session)``: ``({"batch": 64}, s)``; None: symbolic."""
+        return [(c.dims, c.session) for c in self._sessions.values()]
+
+    def _compiled(self, batch: dict) -> _Compiled:
+        """The session for this batch's symbolic dims: cached, else built pinned to them (see the docstring)."""
+        key = tuple(batch[name].shape[axis] for name, axis in self._dim_axes.values())
+        compiled = self._sessions.get(key)
+        if compiled is not None:
+            return compiled
+        # A zero dim stays symbolic: an empty batch is refused at its loss anyway (0/0), pinning it buys nothing.
+        if 0 not in key and sum(c.dims is not None for c in self._sessions.values()) < MAX_PINNED_SESSIONS:
+            try:
+                compiled = self._build(dict(zip(self._dim_axes, key)))
+            except Exception:  # noqa: BLE001 - ORT's pybind errors share no base but Exception
+                # Shape inference refused these dims (a batch the graph cannot take, e.g. a reshape to a
+                # fixed size): the symbolic session below raises the run-time error in graphc's terms.
+                compiled = None
+            if compiled is not None:
+                self._sessions[key] = compiled  # one assignment: an interrupt before it only means a rebuild
+                return compiled
+        compiled = self._sessions.get(None)
+        if compiled is None:
+            compiled = self._sessions[None] = self._build(None)
+        return compiled
+
+    def _build(self, dims: dict | None) -> _Compiled:
+        # Serialised per build (a few per Trainer), not kept: bytes beside the ModelProto would double its memory.
+        session = create_session(self._model, self._provider, self._threads, dims)
+        return _Compiled(session, self._bind(session) if self.io_binding else None, dims)
+
+    @property
     def state(self) -> dict:
         """The current state arrays of the plain-feeds path (do not mutate: adoption swaps the whole dict)."""
         return self._now.arrays
@@ -161,10 +257,11 @@ class TrainingSession:
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One training step; returns the loss and other non-state outputs (host numpy arrays)."""
         batch = self._check(batch)
+        compiled = self._last = self._compiled(batch)
         if self.io_binding:
-            return self._run_bound(batch)
+            return self._run_bound(compiled, batch)
         now = self._now
-        outputs = run_session(self.session, self.output_names, {**batch, **self._extra_inputs, **now.arrays},
+        outputs = run_session(compiled.session, self.output_names, {**batch, **self._extra_inputs, **now.arrays},
                               self._model, "training step")
         results = dict(zip(self.output_names, outputs))
         if self._finite(results, now.steps):
@@ -214,36 +311,41 @@ class TrainingSession:
 
     # ---- device-resident state with IOBinding, double-buffered (CUDA) ----
     def _init_bound(self, initial_values) -> None:
-        """Two state buffers A and B on the GPU and two IOBindings: A -> B and B -> A, bound once."""
+        """Two state buffers A and B on the device, shared by every session of the step."""
 
         def device_copy(array):
             # A fresh copy each: on CPU an OrtValue wraps the numpy memory, and the two buffers must not alias.
             return ort.OrtValue.ortvalue_from_numpy(np.array(array, order="C", copy=True), self.device, 0)
 
         self._buffers = [{inp: device_copy(initial_values[inp]) for inp, _ in self.state_pairs} for _ in range(2)]
-        self._bindings = []
+
+    def _bind(self, session) -> list:
+        """A session's two IOBindings over the shared buffers: A -> B and B -> A, bound once."""
+        bindings = []
         for source, target in ((0, 1), (1, 0)):
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             for name in self._result_names:  # bound first: get_outputs() lists them first
                 binding.bind_output(name, "cpu")
             for inp, out in self.state_pairs:
                 binding.bind_ortvalue_input(inp, self._buffers[source][inp])
                 binding.bind_ortvalue_output(out, self._buffers[target][inp])
-            self._bindings.append(binding)
+            bindings.append(binding)
+        return bindings
 
     @property
     def _current(self) -> dict:
         return self._buffers[self._now.buffer]
 
-    def _run_bound(self, batch):
-        if self._class_check is not None:
-            self._class_check(batch)
+    def _run_bound(self, compiled: _Compiled, batch):
+        check = class_index_check(compiled.session, self._model)  # built once per session, kept on it
+        if check is not None:
+            check(batch)
         now = self._now
-        binding = self._bindings[now.buffer]
+        binding = compiled.bindings[now.buffer]
         for name, array in {**batch, **self._extra_inputs}.items():
             binding.bind_cpu_input(name, np.require(array, requirements="C"))
         try:
-            self.session.run_with_iobinding(binding, quiet_run_options())
+            compiled.session.run_with_iobinding(binding, quiet_run_options())
         except Exception as exc:  # ORT's pybind errors; the outputs went to the other buffer, not adopted
             raise translate(exc, self._model, f"training step on {self.device}") from None
         outputs = binding.get_outputs()  # results were bound first, in order

@@ -151,3 +151,83 @@ def test_an_interrupt_anywhere_in_a_step_leaves_the_old_or_the_new_state_never_a
         if not interrupted:
             break
     assert point > 50 and outcomes["old"] > 0 and outcomes["new"] > 0
+
+
+# ---- lazy sessions, pinned per batch shape (issue 11: session creation under a symbolic batch) ----
+def torch_losses(state, feeds_list, lr=0.05):
+    """The independent reference: the same network and Adam in PyTorch, fed the same batches."""
+    import torch
+    tmodel = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    tmodel.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    opt = torch.optim.Adam(tmodel.parameters(), lr=lr)
+    losses = []
+    for feeds in feeds_list:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(tmodel(torch.tensor(feeds["x"])), torch.tensor(feeds["y"]))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
+
+
+def plain_mlp(io_binding):
+    gc.manual_seed(0)
+    x = gc.input("x", ("batch", 6))
+    y = gc.input("y", ("batch",), "int64")
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=0.05), [x, y],
+                         io_binding=io_binding)
+    return model, trainer
+
+
+def sized(sizes):
+    rng = np.random.default_rng(1)
+    return [{"x": rng.standard_normal((n, 6)).astype(np.float32), "y": rng.integers(0, 3, n)} for n in sizes]
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_two_batch_sizes_in_a_row_train_as_torch_each_on_a_session_pinned_to_its_size(io_binding, monkeypatch):
+    import runtime.training_session as training_session
+    model, trainer = plain_mlp(io_binding)
+    assert trainer.session.session is None and trainer.session.sessions() == []  # nothing built before a step
+    data = sized([8, 3, 8, 3, 8])
+    want, want_state = torch_losses(model.state_dict(), data)
+    got = [trainer.step(feeds) for feeds in data]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for name, value in model.state_dict().items():  # the one carried state, shared by both sessions
+        np.testing.assert_allclose(value, want_state[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    built = trainer.session.sessions()
+    assert [dims for dims, _ in built] == [{"batch": 8}, {"batch": 3}]
+    for dims, session in built:  # the override is applied: ONNX Runtime reports the pinned dim
+        shapes = {i.name: i.shape for i in session.get_inputs()}
+        assert shapes["x"] == [dims["batch"], 6] and shapes["y"] == [dims["batch"]]
+    # The same steps with every session symbolic (as before the change): the same losses.
+    monkeypatch.setattr(training_session, "MAX_PINNED_SESSIONS", 0)
+    _, symbolic = plain_mlp(io_binding)
+    np.testing.assert_allclose([symbolic.step(feeds) for feeds in data], got, rtol=1e-6, atol=1e-7)
+    assert [dims for dims, _ in symbolic.session.sessions()] == [None]
+
+
+def test_shapes_beyond_the_pinned_few_share_one_symbolic_session_and_still_train_as_torch():
+    from runtime.training_session import MAX_PINNED_SESSIONS
+    assert MAX_PINNED_SESSIONS == 4
+    model, trainer = plain_mlp(io_binding=False)
+    data = sized([8, 3, 5, 7, 2, 8, 6, 2, 9, 3])
+    want, _ = torch_losses(model.state_dict(), data)
+    np.testing.assert_allclose([trainer.step(feeds) for feeds in data], want, rtol=1e-5, atol=1e-6)
+    built = trainer.session.sessions()
+    assert [dims for dims, _ in built] == [{"batch": 8}, {"batch": 3}, {"batch": 5}, {"batch": 7}, None]
+    assert built[-1][1].get_inputs()[0].shape == ["batch", 6]  # 2, 6 and 9 ran on the symbolic session
+
+
+def test_cuda_that_cannot_load_is_still_reported_when_the_trainer_is_built():
+    """Step sessions are lazy; a probe session settles the provider at construction, as before."""
+    from runtime.providers import ProviderError
+    x = gc.input("x", ("batch", 6))
+    layer = nn.Linear(6, 3)
+    try:
+        trainer = gc.Trainer(layer(x).sum(), gc.optim.SGD(layer.parameters(), lr=0.1), [x], provider="cuda")
+    except ProviderError as exc:
+        assert "CUDA" in str(exc)
+        return
+    assert trainer.session.device == "cuda" and trainer.session.io_binding  # CUDA loads here

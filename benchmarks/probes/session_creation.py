@@ -2,11 +2,14 @@
 graph-optimisation level (where the growth with the unrolled length comes from).
 
     python benchmarks/probes/session_creation.py [--lengths 28,100] [--levels all,extended,basic,disable]
-                                                 [--static-batch] [--disable-optimizers NAME,...]
+                                                 [--static-batch] [--override] [--no-symbolic] [--disable-optimizers NAME,...]
 
-Builds ``bench_lstm.py``'s classifier training step (symbolic batch) at each length, then times
-``onnxruntime.InferenceSession`` creation at each level (one process; the step model is serialised
-once), and the median step time at that level over 10 steps.
+Builds ``bench_lstm.py``'s classifier training step (symbolic batch) at each length and times the
+Trainer's first step (its session is created there, lazily, with the batch dim pinned to the fed 64),
+then times ``onnxruntime.InferenceSession`` creation at each level (one process; the step model is
+serialised once), and the median step time at that level over 10 steps. Variants: the symbolic batch
+as is; ``--static-batch``: "batch" fixed to 64 in a copy of the model; ``--override``: the symbolic
+model with ``SessionOptions.add_free_dimension_override_by_name("batch", 64)`` (what the Trainer does).
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ def main():
     parser.add_argument("--lengths", default="28,100")
     parser.add_argument("--levels", default="all,extended,basic,disable")
     parser.add_argument("--static-batch", action="store_true", help="also time the step with batch fixed to 64")
+    parser.add_argument("--override", action="store_true",
+                        help="also time the symbolic-batch step with SessionOptions.add_free_dimension_override_by_name"
+                             "('batch', 64)")
+    parser.add_argument("--no-symbolic", action="store_true",
+                        help="skip the plain symbolic-batch session (about 110 s at 300 steps)")
     parser.add_argument("--disable-optimizers", default="", help="ORT optimizer names to disable (at every level)")
     args = parser.parse_args()
     disabled = [n for n in args.disable_optimizers.split(",") if n]
@@ -66,12 +74,22 @@ def main():
         variants = {"symbolic batch": trainer.step_model.SerializeToString()}
         if args.static_batch:
             variants["batch = 64"] = fixed_batch(trainer.step_model).SerializeToString()
-        print(f"length {length}: {len(trainer.step_model.graph.node)} nodes, Trainer built in {build_s:.2f} s")
+        if args.override:
+            variants["override 64"] = variants["symbolic batch"]
+        if args.no_symbolic:
+            del variants["symbolic batch"]
         rng = np.random.default_rng(0)
         feeds = {"x": rng.standard_normal((64, length, 28)).astype(np.float32), "y": rng.integers(0, 10, 64)}
+        start = time.perf_counter()
+        trainer.step(feeds)
+        first_s = time.perf_counter() - start
+        print(f"length {length}: {len(trainer.step_model.graph.node)} nodes, Trainer built in {build_s:.2f} s, "
+              f"first step (session created, batch pinned) {first_s:.2f} s: {build_s + first_s:.2f} s in all")
         for (name, data), level in ((v, lv) for v in variants.items() for lv in args.levels.split(",")):
             options = ort.SessionOptions()
             options.graph_optimization_level = LEVELS[level]
+            if name == "override 64":
+                options.add_free_dimension_override_by_name("batch", 64)
             start = time.perf_counter()
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
                                            disabled_optimizers=disabled or None)
