@@ -55,8 +55,14 @@ def build(model_key: str, profile: bool):
     y = gc.input("y", shape=("batch",), dtype="int64")
     trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.Adam(model.parameters(), lr=1e-3),
                          inputs=[x, y], seed=0)
-    if profile:
-        training_session.session_options = plain
+    if profile:  # sessions are created at the first step: restore the plain options after it
+        first = trainer.step
+        def step_then_restore(feeds):
+            loss = first(feeds)
+            training_session.session_options = plain
+            trainer.step = first
+            return loss
+        trainer.step = step_then_restore
     return trainer, tuple(x.shape[1:])
 
 
