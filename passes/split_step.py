@@ -55,6 +55,7 @@ from passes.training_step import (
     _global_norm_clip,
     _initializer_to_input,
     _scalar_input,
+    forward_outputs,
 )
 
 
@@ -93,14 +94,7 @@ def build_split_step(forward: ir.Model, trainable: list[str], optimizer: Optimiz
     """
     state_updates = dict(state_updates or {})
     graph = forward.graph
-    outputs = {v.name: v for v in graph.outputs}
-    if loss not in outputs:
-        raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
-    loss_value = outputs[loss]
-    if loss_value.shape is not None and len(loss_value.shape) != 0:
-        raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
-    batch_inputs = [v.name for v in graph.inputs]
-    extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
+    loss_value, outputs, batch_inputs, extra_outputs = forward_outputs(graph, loss, state_updates)
 
     initial: dict[str, np.ndarray] = {}
     params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in trainable]

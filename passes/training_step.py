@@ -48,6 +48,20 @@ class TrainingStep:
     flat_layouts: dict[str, list[tuple[str, int]]]
 
 
+def forward_outputs(graph: ir.Graph, loss: str, state_updates: dict[str, str]):
+    """``(loss value, outputs by name, batch input names, metric output names)`` of a forward graph whose
+    output ``loss`` must be a scalar; outputs that carry state updates are not metrics."""
+    outputs = {v.name: v for v in graph.outputs}
+    if loss not in outputs:
+        raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
+    loss_value = outputs[loss]
+    if loss_value.shape is not None and len(loss_value.shape) != 0:
+        raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
+    batch_inputs = [v.name for v in graph.inputs]
+    extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
+    return loss_value, outputs, batch_inputs, extra_outputs
+
+
 def _scalar_input(name: str, dtype: ir.DataType) -> ir.Value:
     return ir.Value(name=name, shape=ir.Shape([]), type=ir.TensorType(dtype))
 
@@ -191,14 +205,7 @@ class TrainingStepPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         state_updates, optimizer, loss = self.state_updates, self.optimizer, self.loss
         graph = model.graph
-        outputs = {v.name: v for v in graph.outputs}
-        if loss not in outputs:
-            raise ValueError(f"the forward model has no output {loss!r}; outputs: {sorted(outputs)}")
-        loss_value = outputs[loss]
-        if loss_value.shape is not None and len(loss_value.shape) != 0:
-            raise ValueError(f"the loss must be a scalar, got shape {loss_value.shape}")
-        batch_inputs = [v.name for v in graph.inputs]
-        extra_outputs = [v.name for v in graph.outputs if v.name != loss and v.name not in state_updates.values()]
+        loss_value, outputs, batch_inputs, extra_outputs = forward_outputs(graph, loss, state_updates)
 
         initial: dict[str, np.ndarray] = {}
         params = [_initializer_to_input(graph, name, initial, "trainable parameter") for name in self.trainable]
