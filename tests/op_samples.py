@@ -718,10 +718,16 @@ row("batch_norm_eval_no_affine", lambda x, m, v: F.batch_norm(x, m, v), [In("x",
     torch_ref(lambda tf, x, m, v: tf.batch_norm(x, m, v)), ["BatchNormalization"])
 row("batch_norm_training", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)[0],
     [In("x", (4, 3, 2, 2)), In("w", (3,)), In("b", (3,))],
-    torch_ref(lambda tf, x, w, b: tf.batch_norm(x, None, None, w, b, training=True)), ["ReduceMean"])
+    torch_ref(lambda tf, x, w, b: tf.batch_norm(x, None, None, w, b, training=True)), ["BatchNormalization"],
+    note="training_mode=1: the closed-form rule of rules/batch_norm_training.py")
 row("batch_norm_training_with_running_stats", lambda x, m, v: F.batch_norm(x, m, v, training=True)[0],
     [In("x", (4, 3, 5)), *_STATS],
-    torch_ref(lambda tf, x, m, v: tf.batch_norm(x, m.clone(), v.clone(), training=True)), ["ReduceMean"])
+    torch_ref(lambda tf, x, m, v: tf.batch_norm(x, m.clone(), v.clone(), training=True)),
+    ["BatchNormalization"])
+row("batch_norm_training_symbolic_dims", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)[0],
+    [In("x", (3, 2, 3, 2), decl=("batch", 2, "h", 2)), In("w", (2,)), In("b", (2,))],
+    torch_ref(lambda tf, x, w, b: tf.batch_norm(x, None, None, w, b, training=True)), ["BatchNormalization"],
+    note="N per channel read at run time (Size(x) / Size(scale)) in the closed-form rule")
 
 # ---- single ONNX ops that imported models carry (rules in activations/normalization/gather/layout/...) ----
 def _op(op_type, shape, attrs=None, extra=(), num_outputs=1, extra_outputs=()):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx_ir as ir
 
 from graphc import ops
+from graphc.dtypes import to_numpy_dtype
 from graphc.errors import shape_error
 from graphc.tensor import Tensor, constant, emit
 
@@ -210,20 +212,21 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
                eps: float = 1e-5):
     """Batch normalisation over dim 1 of (N, C, ...), as ``torch.nn.functional.batch_norm``.
 
-    Training: batch statistics, written as primitive ops so the gradient comes
-    from their rules; returns ``(y, new_running_mean, new_running_var)`` with
-    PyTorch's momentum update and unbiased variance (the caller stores them).
+    Training: one ONNX BatchNormalization with ``training_mode=1`` (batch
+    statistics; its gradient is the closed-form rule in
+    ``passes/autodiff/rules/batch_norm_training.py``); returns
+    ``(y, new_running_mean, new_running_var)`` with PyTorch's momentum update
+    and unbiased variance (the caller stores them).
     Eval: one ONNX BatchNormalization with the running statistics; returns ``y``.
     """
     if x.ndim < 2:
         raise shape_error("batch_norm", f"expects (N, C, ...), got {ops.fmt(x.shape)}")
     channels = x.shape[1]
-    bshape = (channels,) + (1,) * (x.ndim - 2)
+    ones = weight if weight is not None else _per_channel(x, 1.0)
+    zeros = bias if bias is not None else _per_channel(x, 0.0)
     if not training:
         if running_mean is None or running_var is None:
             raise shape_error("batch_norm", "eval mode needs running statistics")
-        ones = weight if weight is not None else constant(np.ones(channels), dtype=x.dtype)
-        zeros = bias if bias is not None else constant(np.zeros(channels), dtype=x.dtype)
         return emit("BatchNormalization", [x, ones, zeros, running_mean, running_var], {"epsilon": eps},
                     shape=x.shape, dtype=x.dtype)
     axes = (0,) + tuple(range(2, x.ndim))
@@ -231,16 +234,20 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if all(isinstance(d, int) for d in dims) and int(np.prod(dims)) == 1:
         raise shape_error("batch_norm", f"expected more than 1 value per channel when training, got input "
                                         f"{ops.fmt(x.shape)} (as PyTorch)")
+    # The node's running inputs and outputs are not used: ONNX's running var is the biased one (PyTorch
+    # keeps the unbiased one), so the update is computed below from the same batch mean and variance
+    # that the gradient rule recomputes (the cleanup's CSE merges the two copies). ONNX Runtime's CPU
+    # kernel writes its running outputs into its running INPUTS in place (measured: a fed array, an
+    # initializer, changed by the call), so those inputs are scratch values that nothing else reads.
+    scratch = ops.mul(ops.reshape(_first_per_channel(x), -1), 0.0)
+    y, _, _ = emit("BatchNormalization", [x, ones, zeros, scratch, ops.add(scratch, 1.0)],
+                   {"epsilon": eps, "momentum": 1.0 - momentum, "training_mode": 1}, shape=x.shape, dtype=x.dtype,
+                   num_outputs=3, extra_outputs=[((channels,), x.dtype)] * 2)
+    if running_mean is None:
+        return y, None, None
     mean = ops.reduce("ReduceMean", x, axes, keepdim=True)
     centered = ops.sub(x, mean)
     var = ops.reduce("ReduceMean", ops.mul(centered, centered), axes, keepdim=True)
-    y = ops.mul(centered, ops.unary("Reciprocal", ops.unary("Sqrt", ops.add(var, float(eps)))))
-    if weight is not None:
-        y = ops.mul(y, ops.reshape(weight, *bshape))
-    if bias is not None:
-        y = ops.add(y, ops.reshape(bias, *bshape))
-    if running_mean is None:
-        return y, None, None
     count = _count(x, axes)
     batch_mean = ops.stop_gradient(ops.reshape(mean, channels))
     batch_var = ops.stop_gradient(ops.reshape(var, channels))
@@ -248,6 +255,26 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     new_mean = ops.add(ops.mul(running_mean, 1.0 - momentum), ops.mul(batch_mean, float(momentum)))
     new_var = ops.add(ops.mul(running_var, 1.0 - momentum), ops.mul(unbiased, float(momentum)))
     return y, new_mean, new_var
+
+
+def _per_channel(x: Tensor, value: float) -> Tensor:
+    """A constant (C,) tensor of ``value`` in ``x``'s dtype (C = dim 1, read at run time when symbolic)."""
+    if isinstance(x.shape[1], int):
+        return constant(np.full(x.shape[1], value), dtype=x.dtype)
+    # ConstantOfShape, not arithmetic on _first_per_channel: CSE would merge it with the scratch inputs
+    # that ONNX Runtime writes in place (measured: wrong y with a symbolic C and no weight).
+    dim = emit("Shape", [x], {"start": 1, "end": 2}, shape=(1,), dtype=np.int64)
+    fill = ir.Tensor(np.asarray([value], dtype=to_numpy_dtype(x.dtype)))
+    return emit("ConstantOfShape", [dim], {"value": fill}, shape=(x.shape[1],), dtype=x.dtype)
+
+
+def _first_per_channel(x: Tensor) -> Tensor:
+    """x[:1, :, :1, ...]: one value per channel, computed at run time (never folded to a constant)."""
+    others = [0] + list(range(2, x.ndim))
+    ones = np.ones(len(others), np.int64)
+    return emit("Slice", [x, constant(np.zeros(len(others), np.int64)), constant(ones),
+                          constant(np.asarray(others, np.int64))],
+                shape=(1, x.shape[1]) + (1,) * (x.ndim - 2), dtype=x.dtype)
 
 
 def _count(x: Tensor, axes) -> Tensor:

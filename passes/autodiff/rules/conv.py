@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
+from passes.autodiff.rules.batch_norm_training import batch_norm_training_vjp
 
 
 def _spatial(ctx: VJPContext, name: str, default):
@@ -351,10 +352,11 @@ def batch_norm_inference_vjp(ctx: VJPContext):
     """BatchNormalization(x, scale, b, mean, var; epsilon) in inference form -> y = (x - mean) * k + b.
 
     k = scale / sqrt(var + eps);  dx = g * k, dscale = sum(g * (x - mean) / sqrt(var + eps)), db = sum(g);
-    the running statistics are constants here (training mode is lowered to primitives by the builder).
+    the running statistics are constants here. Training mode (batch statistics) has its closed-form
+    rule in ``batch_norm_training.py``.
     """
     if ctx.attr("training_mode", 0):
-        raise NotImplementedError("BatchNormalization in training_mode has no rule; graphc lowers it to primitives")
+        return batch_norm_training_vjp(ctx)
     x, scale, _, mean, var = ctx.inputs[:5]
     rank = len(x.shape)
     shape = ctx.e.ints([-1] + [1] * (rank - 2))
