@@ -34,6 +34,27 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def check_output_file(path, error, what: str, example: str) -> "Path":
+    """``path`` as a ``Path`` if a model may be written there, else ``error("<what>: why")``.
+
+    Refused early, before any work: a folder, a missing parent folder, an existing target that is
+    not a regular file (see ``check_replaceable``). ``example`` is the file name suggested in a folder.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what}: {str(path)!r} is a folder; expected a file path such as {str(path / example)!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise error(f"{what}: the output folder {str(parent)!r} does not exist")
+    try:
+        check_replaceable(path)
+    except OSError as exc:
+        raise error(f"{what}: {exc}") from None
+    return path
+
+
 def check_replaceable(path) -> os.stat_result | None:
     """The ``lstat`` of ``path`` if it is a regular file, ``None`` if nothing is there; else raise.
 

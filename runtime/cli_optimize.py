@@ -10,11 +10,10 @@ weights in memory and writes one self-contained file.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import onnx
 
-from runtime.atomic import atomic_write, check_replaceable
+from runtime.atomic import atomic_write, check_output_file
 from runtime.model_loading import has_external_data, load_model
 
 
@@ -22,7 +21,7 @@ def cmd_optimize(args) -> str:
     """Bad usage or a bad --out -> UsageError (exit 2); a pipeline or checker failure -> RunFailure (exit 1)."""
     from runtime.cli import RunFailure, UsageError
 
-    out = _check_out(args.out, UsageError)
+    out = check_output_file(args.out, UsageError, "--out", "model.opt.onnx")
     model = load_model(args.model)
     if has_external_data(model):
         raise UsageError(f"{args.model}: models with external tensor data are not supported by optimize; "
@@ -49,21 +48,6 @@ def cmd_optimize(args) -> str:
                                        "nodes_after": r.nodes_after} for r in changed]}, indent=2)
     lines = [str(r) for r in changed] or ["no pass changed the model"]
     return "\n".join(lines + [f"wrote {out}: {before} -> {after} nodes"])
-
-
-def _check_out(out, usage_error) -> Path:
-    path = Path(out)
-    if path.is_dir():
-        raise usage_error(f"--out: {str(path)!r} is a folder; expected a file path such as "
-                          f"{str(path / 'model.opt.onnx')!r}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise usage_error(f"--out: the output folder {str(parent)!r} does not exist")
-    try:
-        check_replaceable(path)
-    except OSError as exc:
-        raise usage_error(f"--out: {exc}") from None
-    return path
 
 
 def _count(model: onnx.ModelProto) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime.atomic import atomic_write, check_replaceable
+from runtime.atomic import atomic_write, check_output_file
 from runtime.input_files import InputError, check_feeds, input_specs, read_input_file
 from runtime.model_loading import ModelLoadError, check_external_data, has_external_data, load_model, make_session
 from runtime.providers import capture_native_stderr, clean_ort_message
@@ -107,18 +107,7 @@ def check_output_path(out_path) -> Path:
     """The output path, refused early when it is a folder, has no parent folder, or is not a regular file."""
     if not isinstance(out_path, (str, os.PathLike)) or not os.fspath(out_path):
         raise QuantizeError(f"quantize: the output path must be a file path, got {out_path!r}")
-    path = Path(out_path)
-    if path.is_dir():
-        raise QuantizeError(f"quantize: the output path {str(path)!r} is a folder; expected a file path "
-                            f"such as {str(path / 'model.int8.onnx')!r}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise QuantizeError(f"quantize: the output folder {str(parent)!r} does not exist")
-    try:
-        check_replaceable(path)
-    except OSError as exc:
-        raise QuantizeError(f"quantize: {exc}") from None
-    return path
+    return check_output_file(out_path, QuantizeError, "quantize: the output path", "model.int8.onnx")
 
 
 def _load(model) -> onnx.ModelProto:
