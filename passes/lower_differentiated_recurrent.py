@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
-
+from passes.autodiff.autodiff_pass import leaf_values, with_inferred_shapes
 from passes.autodiff.core import differentiated_nodes
 from passes.lower_recurrent import is_recurrent, lower_recurrent_nodes
 
@@ -31,14 +30,10 @@ class LowerDifferentiatedRecurrentPass(ir.passes.InPlacePass):
         self.wrt = list(wrt)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        model = with_inferred_shapes(model)  # as AutodiffPass, which runs next
         graph = model.graph
-        # as AutodiffPass does: an untyped value reads as non-float, so the gradient would not cross it
-        if any(v.shape is None for node in graph for v in node.outputs):
-            model = ShapeInferencePass()(model).model
-            graph = model.graph
         outputs = {v.name: v for v in graph.outputs}
-        known = {v.name: v for v in graph.inputs}
-        known.update(graph.initializers)
+        known = leaf_values(graph)
         # A missing loss or unknown wrt name is left to the autodiff pass that follows: it names them.
         wrt = [known[w] for w in self.wrt if w in known]
         if self.loss not in outputs or not wrt:

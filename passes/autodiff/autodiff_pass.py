@@ -9,6 +9,21 @@ from passes.autodiff.core import vjp
 from passes.emitter import Emitter
 
 
+def with_inferred_shapes(model: ir.Model) -> ir.Model:
+    """``model`` with ONNX shape inference run when a node output has no shape: an untyped value reads
+    as non-float to the rules, so a gradient would not cross it (imported models often lack them)."""
+    if any(v.shape is None for node in model.graph for v in node.outputs):
+        model = ShapeInferencePass()(model).model
+    return model
+
+
+def leaf_values(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The values a gradient may be taken with respect to: graph inputs and initializers, by name."""
+    known = {v.name: v for v in graph.inputs}
+    known.update(graph.initializers)
+    return known
+
+
 class AutodiffPass(ir.passes.InPlacePass):
     """Append ``d loss / d w`` for each ``w`` in ``wrt`` as outputs named ``<w>.grad``.
 
@@ -26,16 +41,13 @@ class AutodiffPass(ir.passes.InPlacePass):
         self.wrt = list(wrt)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        model = with_inferred_shapes(model)
         graph = model.graph
-        if any(v.shape is None for node in graph for v in node.outputs):
-            model = ShapeInferencePass()(model).model
-            graph = model.graph
         outputs = {v.name: v for v in graph.outputs}
         if self.loss not in outputs:
             raise ValueError(f"AutodiffPass: the model has no output {self.loss!r}; outputs: {sorted(outputs)}")
         loss = outputs[self.loss]
-        known = {v.name: v for v in graph.inputs}
-        known.update(graph.initializers)
+        known = leaf_values(graph)
         missing = [w for w in self.wrt if w not in known]
         if missing:
             raise ValueError(f"AutodiffPass: {missing} are neither inputs nor initializers; known: {sorted(known)}")
