@@ -1,18 +1,22 @@
 """Benchmark: the tutorial MLP (784-128-64-10, batch 64) training step, graphc vs PyTorch eager.
 
-    python benchmarks/bench_mlp.py [--rounds 3] [--steps 500] [--optimizer adam|sgd]
+    python benchmarks/bench_mlp.py [--rounds 3] [--steps 500] [--optimizer adam|sgd] [--infer-runs 300]
 
 Each engine runs in a process of its own, the engines taking turns over ``--rounds`` rounds
 (``common.take_turns``); per round a worker reports the median of ``--steps`` steps (after 50
 untimed). Prints the median over rounds [min-max] of each, the median of the per-round ratios,
-and the floor: the step's FLOPs over the GEMM rate measured here.
+and the floor: the step's FLOPs over the GEMM rate measured here. Inference (``--infer-runs``, 0 skips it):
+graphc's export and PyTorch's own export (``torch.onnx.export(..., dynamo=False)``) on plain
+``onnxruntime.InferenceSession``s, and PyTorch eager under ``torch.inference_mode()``, each in its own process.
 PyTorch is only the reference peer (the script needs it installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -26,16 +30,30 @@ SIZES = (784, 128, 64, 10)
 BATCH = 64
 
 
-def build_graphc(optimizer: str):
-    gc.manual_seed(0)
-    x = gc.input("x", shape=("batch", SIZES[0]))
-    y = gc.input("y", shape=("batch",), dtype="int64")
+def graphc_model():
     layers = []
     for i in range(len(SIZES) - 1):
         layers.append(nn.Linear(SIZES[i], SIZES[i + 1]))
         if i < len(SIZES) - 2:
             layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
+    return nn.Sequential(*layers)
+
+
+def torch_model():
+    import torch
+    layers = []
+    for i in range(len(SIZES) - 1):
+        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1]))
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def build_graphc(optimizer: str):
+    gc.manual_seed(0)
+    x = gc.input("x", shape=("batch", SIZES[0]))
+    y = gc.input("y", shape=("batch",), dtype="int64")
+    model = graphc_model()
     loss = F.cross_entropy(model(x), y)
     opt = gc.optim.Adam(model.parameters(), lr=1e-3) if optimizer == "adam" else \
         gc.optim.SGD(model.parameters(), lr=1e-2)
@@ -46,12 +64,7 @@ def build_graphc(optimizer: str):
 def build_torch(optimizer: str):
     import torch
     torch.manual_seed(0)
-    layers = []
-    for i in range(len(SIZES) - 1):
-        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1]))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
+    model = torch_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3) if optimizer == "adam" else \
         torch.optim.SGD(model.parameters(), lr=1e-2)
 
@@ -70,7 +83,39 @@ def step_flops() -> float:
     return 2 * sum(per_layer) + sum(per_layer[1:])
 
 
+def infer_worker(engine: str, runs: int) -> dict:
+    """Eval-mode inference of one engine: graphc's export on ORT, ORT on PyTorch's own export, or PyTorch eager."""
+    import onnxruntime as ort
+
+    xb = np.random.default_rng(1).standard_normal((BATCH, SIZES[0])).astype(np.float32)
+    with tempfile.TemporaryDirectory() as workdir:
+        path = os.path.join(workdir, "mlp.onnx")
+        if engine == "graphc_ort":
+            gc.manual_seed(0)
+            x = gc.input("x", shape=("batch", SIZES[0]))
+            gc.compile([x], {"logits": graphc_model().eval()(x)}).save(path)
+        else:
+            import torch
+            torch.manual_seed(0)
+            tmodel = torch_model().eval()
+            if engine == "eager":
+                txb = torch.from_numpy(xb)
+
+                def eager():
+                    with torch.inference_mode():
+                        return tmodel(txb)
+                return {"median_ms": float(np.median(time_ms(eager, runs, warmup=20)))}
+            with torch.no_grad():
+                torch.onnx.export(tmodel, (torch.from_numpy(xb),), path, input_names=["x"], output_names=["logits"],
+                                  dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return {"median_ms": float(np.median(time_ms(lambda: session.run(None, {"x": xb}), runs, warmup=20)))}
+
+
 def worker(spec: dict) -> None:
+    if spec.get("task") == "infer":
+        report(infer_worker(spec["engine"], spec["runs"]))
+        return
     rng = np.random.default_rng(0)
     pool = [(rng.standard_normal((BATCH, SIZES[0])).astype(np.float32), rng.integers(0, 10, BATCH))
             for _ in range(100)]
@@ -90,6 +135,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--infer-runs", type=int, default=300, help="inference calls timed per turn (0: skip)")
     args = parser.parse_args(argv)
     runs = take_turns(__file__, {e: {"engine": e, "optimizer": args.optimizer, "steps": args.steps}
                                  for e in ("graphc", "torch")}, args.rounds)
@@ -106,6 +152,16 @@ def main(argv=None) -> dict:
     print(f"  floor ({step_flops() / 1e6:.1f} MFLOP at {rate:.0f} GFLOP/s): {results['floor_ms']:.3f} ms/step")
     print(f"  peak RSS (MB): graphc {spread(r['peak_rss_mb'] for r in runs['graphc'])}, "
           f"PyTorch {spread(r['peak_rss_mb'] for r in runs['torch'])}")
+    if args.infer_runs:
+        infer = take_turns(__file__, {e: {"task": "infer", "engine": e, "runs": args.infer_runs}
+                                      for e in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
+        results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
+        results["inference_ratio"] = float(np.median(round_ratios(infer, "graphc_ort", "torch_ort")))
+        print(f"inference, eval mode, batch {BATCH}, per round the median of {args.infer_runs} calls (ms):")
+        for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
+                            ("eager", "torch eager")):
+            print(f"  {label:22s} {spread(r['median_ms'] for r in infer[name])}")
+        print(f"  ratio graphc / torch->ORT: {spread(round_ratios(infer, 'graphc_ort', 'torch_ort'))}")
     return results
 
 
