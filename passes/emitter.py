@@ -14,6 +14,28 @@ import numpy as np
 import onnx_ir as ir
 
 
+def _attributes(attrs: Mapping[str, Any]) -> list[ir.Attr]:
+    """``attrs`` as IR attributes. The plain Python ints, floats, strings, int lists and tensors the passes
+    write are converted directly: onnx_ir's general converter infers each type through ``isinstance``
+    checks against typing Protocols, which cost ~40 us a node (seconds on a 20k-node unrolled step)."""
+    out = []
+    for name, value in attrs.items():
+        kind = type(value)
+        if kind is int:
+            out.append(ir.AttrInt64(name, value))
+        elif kind is float:
+            out.append(ir.AttrFloat32(name, value))
+        elif kind is str:
+            out.append(ir.AttrString(name, value))
+        elif kind is ir.Tensor:
+            out.append(ir.AttrTensor(name, value))
+        elif kind in (list, tuple) and value and all(type(v) is int for v in value):
+            out.append(ir.AttrInt64s(name, list(value)))
+        else:
+            out.append(ir.convenience.convert_attribute(name, value))
+    return out
+
+
 class Emitter:
     """Creates free-standing ``ai.onnx`` nodes and remembers them in order."""
 
@@ -27,7 +49,7 @@ class Emitter:
            shape: ir.Shape | None = None) -> Any:
         """Emit one node; returns its output value, or a tuple when ``num_outputs > 1``."""
         self._count += 1
-        node = ir.Node("", op_type, list(inputs), ir.convenience.convert_attributes(attrs or {}),
+        node = ir.Node("", op_type, list(inputs), _attributes(attrs or {}),
                        num_outputs=num_outputs, name=f"{self.prefix}/{op_type}_{self._count}")
         self.nodes.append(node)
         if dtype is not None:
