@@ -11,11 +11,15 @@ at the next step. Between steps the state never leaves the execution device:
   swap after a good step. Only the loss (and metrics) come back to the host.
 
 ONNX Runtime sessions are created lazily, at the first step of each batch
-shape, with every symbolic dim of the batch inputs pinned to the fed value
-(``SessionOptions.add_free_dimension_override_by_name``): session creation of
-an unrolled recurrent step under a symbolic batch grows steeply with the
-length (docs/performance.md: 28 steps 1.23 s symbolic vs 0.40 s pinned; 100
-steps 15 s vs 2.6 s). Up to ``MAX_PINNED_SESSIONS`` shapes get a pinned
+shape, from a copy of the step model whose symbolic batch dims are written in
+as the fed values (``pinned_model``): session creation of an unrolled
+recurrent step under a symbolic batch grows steeply with the length
+(docs/performance.md: 100 steps 15 s symbolic, 2.9 s with ORT's
+``add_free_dimension_override_by_name``, 1.5 s with the dims fixed in the
+model). A step graph of more than ``LEAN_SESSION_NODES`` nodes gets a lean
+session (``lean_options``: no graph optimisations, no memory-reuse planning):
+at 22.5k nodes creation took 2.5 s lean against 11.5 s with them, and the
+step was no faster (docs/performance.md). Up to ``MAX_PINNED_SESSIONS`` shapes get a pinned
 session each (a last, smaller batch builds a second one); any further shape
 runs on one shared session with the dims left symbolic, so varying shapes
 (sequence lengths) never rebuild a session per step. All sessions share the
@@ -73,18 +77,57 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 MAX_PINNED_SESSIONS = 4  # batch shapes that get a session of their own; further shapes share a symbolic one
 
+# Above this many nodes a training step gets lean_options. Chosen by measurement (docs/performance.md,
+# "Trainer build of long unrolled steps"): the unrolled LSTM step at 2.4k / 7.7k / 22.5k nodes took 0.18 /
+# 1.5 / 11.5 s to create with every optimisation and 0.10 / 0.42 / 2.5 s lean, its step time the same within
+# the noise; the small CNN steps (~300 nodes) keep ORT_ENABLE_ALL (lean, the padded CNN's step was ~4% slower).
+LEAN_SESSION_NODES = 5000
+
+
+def lean_options(options: ort.SessionOptions) -> ort.SessionOptions:
+    """``options`` for a very large step graph: no graph optimisations, no memory-reuse planning.
+
+    Both grow faster than linearly with the node count in ONNX Runtime's session creation (the
+    transformers each walk and re-resolve the whole graph; the reuse planner took 3 of 5.3 s at 22.5k
+    nodes), and neither made the unrolled recurrent steps faster; peak memory did not grow either.
+    """
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_mem_reuse = False
+    return options
+
+
+def pinned_model(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose symbolic dims named in ``dims`` are fixed values (inputs, outputs, value_info).
+
+    Fixed in the model rather than by ``SessionOptions.add_free_dimension_override_by_name``: measured
+    ~2x faster to create (300 unrolled LSTM steps: 11.5 vs 21.6 s), the step the same
+    (docs/performance.md). The value_info entries are fixed too, not dropped: without them creation was
+    slower (1.95 vs 1.60 s at 100 steps).
+    """
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    graph = pinned.graph
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in dims:
+                dim.dim_value = int(dims[dim.dim_param])  # setting the value clears the name (a oneof)
+    return pinned
+
 
 def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int | None = None,
-                   dims: dict[str, int] | None = None) -> ort.InferenceSession:
+                   dims: dict[str, int] | None = None, lean: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime session on ``provider``; "cuda" that cannot load raises instead of falling back.
 
-    ``dims`` pins symbolic dims by name (``{"batch": 64}``) for the session's life.
+    ``dims`` pins symbolic dims by name (``{"batch": 64}``) for the session's life (``pinned_model``);
+    ``lean`` creates it with ``lean_options`` (what a training step above ``LEAN_SESSION_NODES`` nodes gets).
     """
     providers = resolve_providers(provider)
+    if dims:
+        model = pinned_model(model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model), dims)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     options = session_options(threads)
-    for name, value in (dims or {}).items():
-        options.add_free_dimension_override_by_name(name, int(value))
+    if lean:
+        lean_options(options)
     with capture_native_stderr() as log:
         session = ort.InferenceSession(data, options, providers=providers)
     check_session_providers(session, provider, log.text)
@@ -171,6 +214,7 @@ class TrainingSession:
         self.skipped_steps = 0
         self._model = model  # to name the failing operation when a step fails in ONNX Runtime
         self._threads = threads
+        self.lean = len(model.graph.node) > LEAN_SESSION_NODES  # the step sessions' options: lean_options
         self.device = _probe_device(provider, threads)
         # "auto" that fell back to the CPU builds its step sessions for the CPU: no CUDA load tried again.
         self._provider = provider if self.device == "cuda" else "cpu"
@@ -245,7 +289,7 @@ class TrainingSession:
 
     def _build(self, dims: dict | None) -> _Compiled:
         # Serialised per build (a few per Trainer), not kept: bytes beside the ModelProto would double its memory.
-        session = create_session(self._model, self._provider, self._threads, dims)
+        session = create_session(self._model, self._provider, self._threads, dims, lean=self.lean)
         return _Compiled(session, self._bind(session) if self.io_binding else None, dims)
 
     @property

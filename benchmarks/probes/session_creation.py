@@ -3,13 +3,17 @@ graph-optimisation level (where the growth with the unrolled length comes from).
 
     python benchmarks/probes/session_creation.py [--lengths 28,100] [--levels all,extended,basic,disable]
                                                  [--static-batch] [--override] [--no-symbolic] [--disable-optimizers NAME,...]
+                                                 [--lean]
 
 Builds ``bench_lstm.py``'s classifier training step (symbolic batch) at each length and times the
-Trainer's first step (its session is created there, lazily, with the batch dim pinned to the fed 64),
+Trainer's first step (its session is created there, lazily, from a copy of the model with the batch dim
+written in as the fed 64, lean above ``LEAN_SESSION_NODES`` nodes: ``runtime/training_session.py``),
 then times ``onnxruntime.InferenceSession`` creation at each level (one process; the step model is
 serialised once), and the median step time at that level over 10 steps. Variants: the symbolic batch
 as is; ``--static-batch``: "batch" fixed to 64 in a copy of the model; ``--override``: the symbolic
-model with ``SessionOptions.add_free_dimension_override_by_name("batch", 64)`` (what the Trainer does).
+model with ``SessionOptions.add_free_dimension_override_by_name("batch", 64)`` (what the Trainer did
+before issue 11's build-time change); ``--lean``: the fixed-batch copy with ``lean_options`` (no graph
+optimisations, no memory-reuse planning; the level given is then ignored).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main():
     parser.add_argument("--no-symbolic", action="store_true",
                         help="skip the plain symbolic-batch session (about 110 s at 300 steps)")
     parser.add_argument("--disable-optimizers", default="", help="ORT optimizer names to disable (at every level)")
+    parser.add_argument("--lean", action="store_true", help="also time the fixed-batch copy with lean_options")
     args = parser.parse_args()
     disabled = [n for n in args.disable_optimizers.split(",") if n]
     for length in (int(v) for v in args.lengths.split(",")):
@@ -76,6 +81,8 @@ def main():
             variants["batch = 64"] = fixed_batch(trainer.step_model).SerializeToString()
         if args.override:
             variants["override 64"] = variants["symbolic batch"]
+        if args.lean:
+            variants["batch = 64 lean"] = fixed_batch(trainer.step_model).SerializeToString()
         if args.no_symbolic:
             del variants["symbolic batch"]
         rng = np.random.default_rng(0)
@@ -90,6 +97,9 @@ def main():
             options.graph_optimization_level = LEVELS[level]
             if name == "override 64":
                 options.add_free_dimension_override_by_name("batch", 64)
+            if name == "batch = 64 lean":
+                from runtime.training_session import lean_options
+                lean_options(options)
             start = time.perf_counter()
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
                                            disabled_optimizers=disabled or None)
