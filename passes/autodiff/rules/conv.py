@@ -218,7 +218,9 @@ def _unpool_fits(ctx: VJPContext, x, nd: int) -> bool:
 # Per-sample input elements up to which the mask lowering beats MaxUnpool (maxpool_grad_lowerings.py, batch 64:
 # 6x28x28 and 16x10x10 maps 0.59 vs 0.7-1.3 ms and 0.24 vs 0.47 ms; 32x32x32 and 64x16x16 maps lose, 21-37 vs
 # 12-23 ms and 16-20 vs 5.4-12 ms: with Indices the forward MaxPool leaves MLAS's fast kernel, which small
-# maps pay for, while the mask's eight passes over x cost more once x outgrows the caches).
+# maps pay for, while the mask's eight passes over x cost more once x outgrows the caches). Measured with the
+# Where-based mask; training steps now pool (N*C, 1, H, W) views (passes/pool_channel_view.py), one channel per
+# sample, so their tiling pools all take the mask (padded CNN step: 1.11x CPU time without the view).
 MASK_MAX_ELEMENTS_PER_SAMPLE = 8192
 
 
@@ -230,6 +232,8 @@ def _mask_pool_kernel(ctx: VJPContext, x, nd: int) -> list[int] | None:
         return None
     if int(np.prod(dims[1:])) > MASK_MAX_ELEMENTS_PER_SAMPLE or _spatial(ctx, "strides", [1] * nd) != kernel:
         return None
+    if int(np.prod(kernel)) > 64:  # the window weights 2^(taps - 1 - position) stay far inside float32's range
+        return None
     if any(_spatial(ctx, "pads", [0] * (2 * nd))) or any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
         return None
     if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
@@ -240,25 +244,33 @@ def _mask_pool_kernel(ctx: VJPContext, x, nd: int) -> list[int] | None:
 def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
     """dx = upsampled g where x is its window's first maximum, for windows that tile x; no Indices needed.
 
-    number = -(row-major position in the window), a build-time map of x's spatial shape;
-    score = number where x == upsampled y, else -taps; first = MaxPool(score) (the smallest position
-    among the maxima: PyTorch's first-maximum rule for ties); dx = upsampled g where number == upsampled
-    first. A window without a maximum equal to y (NaN) gets no gradient.
+    On a (N*C, 1, *spatial) view of x, y and g: with one channel ONNX Runtime's NCHWc layout transformer
+    leaves the mask's MaxPool and Resizes alone (its Reorder copies cost more than the ops themselves).
+    weight = 2^(taps - 1 - row-major position in the window) where x == upsampled y, else 0;
+    first = upsampled MaxPool(weight): the weight of the window's first maximum (PyTorch's tie rule),
+    exact since powers of two are; dx = upsampled g * (weight == first and x == upsampled y), a window
+    without a maximum equal to y (NaN) getting no gradient. Arithmetic, not ``Where``: ONNX Runtime's
+    CPU ``Where`` costs several times a ``Mul`` over the same elements (probes/maxpool_quarters.py).
     """
-    x_sp = static_dims(x)[2:]
+    dims = static_dims(x)
+    x_sp = dims[2:]
+    out_sp = [size // k for size, k in zip(x_sp, kernel)]  # the windows tile x
     taps = int(np.prod(kernel))
     within = np.ravel_multi_index(np.meshgrid(*[np.arange(size) % k for size, k in zip(x_sp, kernel)],
                                               indexing="ij"), kernel)
-    numbers = ctx.e.const(-within.astype(np.float32)[None, None])
+    weights = ctx.e.const((2.0 ** (taps - 1 - within)).astype(np.float32)[None, None])
     scales = ctx.e.const(np.asarray([1, 1, *kernel], dtype=np.float32))
     nearest = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
 
-    def upsample(value):
-        return ctx.op("Resize", [value, None, scales], nearest)
-    is_max = ctx.op("Equal", [x, upsample(ctx.outputs[0])])
-    score = ctx.op("Where", [is_max, numbers, ctx.const(-taps, x)])
-    first = ctx.op("MaxPool", [score], {"kernel_shape": kernel, "strides": kernel})
-    return ctx.op("Where", [ctx.op("Equal", [numbers, upsample(first)]), upsample(ctx.g), ctx.const(0, x)])
+    def upsampled_view(value):
+        return ctx.op("Resize", [ctx.op("Reshape", [value, ctx.e.ints([-1, 1, *out_sp])]), None, scales], nearest)
+    is_max = ctx.op("Equal", [ctx.op("Reshape", [x, ctx.e.ints([-1, 1, *x_sp])]), upsampled_view(ctx.outputs[0])])
+    weight = ctx.op("Mul", [ctx.op("Cast", [is_max], {"to": ir.DataType.FLOAT}), weights])
+    first = ctx.op("Resize", [ctx.op("MaxPool", [weight], {"kernel_shape": kernel, "strides": kernel}), None, scales],
+                   nearest)
+    chosen = ctx.op("And", [ctx.op("Equal", [weight, first]), is_max])
+    dx = ctx.op("Mul", [ctx.op("Cast", [chosen], {"to": ir.DataType.FLOAT}), upsampled_view(ctx.g)])
+    return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
 
 
 @register_vjp("MaxPool")
