@@ -72,6 +72,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--no-profile", action="store_true", help="only the median step time")
+    parser.add_argument("--nodes", type=int, default=0, help="also the N slowest single nodes with their input shapes")
     parser.add_argument("--dw", choices=["patches", "transposed_batch"], default=None)
     args = parser.parse_args(argv)
     if args.dw:
@@ -99,14 +100,22 @@ def main(argv=None) -> None:
         events = json.load(f)
     os.remove(path)
     per_op = collections.defaultdict(float)
+    per_node, shapes = collections.defaultdict(float), {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"]["op_name"]] += e["dur"] / 1e3
+            node = (e["name"][:-len("_kernel_time")], e["args"]["op_name"])
+            per_node[node] += e["dur"] / 1e3
+            shapes[node] = [list(d.values())[0] for d in e["args"].get("input_type_shape", [])]
     runs = args.steps + len(batches)
     total = sum(per_op.values()) / runs
     print(f"kernel time {total:.2f} ms/step")
     for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:args.top]:
         print(f"  {op:24s} {ms / runs:7.3f} ms  {ms / runs / total:5.1%}  x{ops.get(op, 0)}")
+    if args.nodes:
+        print("slowest nodes (ms/step, input shapes):")
+        for (name, op), ms in sorted(per_node.items(), key=lambda kv: -kv[1])[:args.nodes]:
+            print(f"  {ms / runs:7.3f} ms  {op:14s} {name[:48]:48s} {shapes[(name, op)]}")
 
 
 if __name__ == "__main__":
