@@ -6,7 +6,10 @@ Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/perform
   3->32 and 32->64 3x3 layers 4.6 and 12 ms, against 10 and 24 ms for MatMul(g, patches^T) (the large
   patches transposed: the layout before issue 11) and 24 and 41 ms for a Conv over the batch-transposed
   input. For ungrouped kernels with more taps than output channels (LeNet's 5x5 layers) the
-  batch-transposed Conv, level with or ahead of patches there (whole LeNet step: patches 1.2x its CPU time).
+  batch-transposed Conv, level with or ahead of patches there (whole LeNet step: patches 1.2x its CPU time);
+  when such a Conv is 2-D with unit strides and dilations, one Gemm over shifted copies of x and g instead
+  (``_weight_grad_by_shifted_gemm``; probes/conv_dw_chunks.py: the whole LeNet step ~0.8x its time with the
+  batch-transposed Conv; chunks of the batch for that Conv gained nothing, issue 11).
 - Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
   32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
 - MaxPool: see ``max_pool_vjp`` (probes/maxpool_grad_lowerings.py).
@@ -84,13 +87,17 @@ def weight_grad_lowering(out_channels: int, taps: int, group: int) -> str:
 def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group):
     """dw of y = Conv(x, w): the sum over the batch of g's correlation with x's patches.
 
-    Patches + MatMul by default; a transposed-batch Conv for ungrouped kernels with more taps than
-    output channels (see ``_weight_grad_by_transposed_batch``).
+    Patches + MatMul by default; for ungrouped kernels with more taps than output channels one Gemm
+    over shifted copies where the Conv is 2-D with unit strides and dilations
+    (``_weight_grad_by_shifted_gemm``), else a transposed-batch Conv (``_weight_grad_by_transposed_batch``).
     """
     w_dims = static_dims(w)
     out_c, in_per_group, kernel = w_dims[0], w_dims[1], list(w_dims[2:])
     taps = int(np.prod(kernel))
     if weight_grad_lowering(out_c, taps, group) == "transposed_batch":
+        padded = _padded_input_size(x, g, kernel, pads)
+        if padded is not None and _shifted_gemm_fits(kernel, strides, dilations):
+            return _weight_grad_by_shifted_gemm(ctx, x, g, out_c, in_per_group, kernel, pads, padded)
         return _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
     channels = in_per_group * group
     eye = np.zeros((channels * taps, 1, *kernel), dtype=w.dtype.numpy())
@@ -116,7 +123,8 @@ def conv_vjp(ctx: VJPContext):
     dx = ConvTranspose(g, w) with the same strides/pads/dilations/group;
     dw = sum_n g_n (O, L) @ patches_n (C*prod(k), L)^T per group, patches from a
     one-hot depthwise Conv (im2col in standard ops), or, for ungrouped kernels with
-    more taps than output channels, a transposed-batch Conv; db = sum of g over N and the spatial dims.
+    more taps than output channels, one Gemm over shifted copies (2-D, stride 1) or a
+    transposed-batch Conv; db = sum of g over N and the spatial dims.
     """
     x, w = ctx.inputs[0], ctx.inputs[1]
     g = ctx.g
@@ -155,6 +163,55 @@ def _weight_grad_by_transposed_batch(ctx: VJPContext, x, g, kernel, strides, dil
     full = ctx.op("Conv", [xt, gt], {"strides": dilations, "dilations": strides, "pads": pads})
     cropped = ctx.op("Slice", [full, ctx.e.ints([0] * nd), ctx.e.ints(kernel), ctx.e.ints(range(2, nd + 2))])
     return ctx.op("Transpose", [cropped], {"perm": swap})
+
+
+def _shifted_gemm_fits(kernel, strides, dilations) -> bool:
+    """Whether ``_weight_grad_by_shifted_gemm`` applies: 2-D, unit strides and dilations."""
+    return len(kernel) == 2 and list(strides) == [1, 1] and list(dilations) == [1, 1]
+
+
+def _padded_input_size(x, g, kernel, pads) -> list[int] | None:
+    """(Hp, Wp) of a stride-1 Conv's padded input: from x's static dims, else from g's (Hp = H' + kh - 1)."""
+    for value, grow in ((x, [0, 0]), (g, [k - 1 for k in kernel])):
+        dims = static_dims(value)
+        if dims is not None and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
+            if value is x:
+                return [dims[2] + pads[0] + pads[2], dims[3] + pads[1] + pads[3]]
+            return [dims[2] + grow[0], dims[3] + grow[1]]
+    return None
+
+
+def _weight_grad_by_shifted_gemm(ctx: VJPContext, x, g, out_c, channels, kernel, pads, padded):
+    """dw of a 2-D stride-1 ungrouped Conv as ONE Gemm over shifted copies of x and g, no im2col.
+
+    With xp = x padded, laid out (C, Hp, Wp, N), and gp = g laid out (O, H', W', N) with kh-1 zero
+    rows on either side (H' = Hp - kh + 1, W' = Wp - kw + 1), one Gather each makes
+    xs[c, j, (r, q, n)] = xp[c, r, q + j, n]  (r < Hp, q < W'; indices r*Wp + q + j into (C, Hp*Wp, N)),
+    gs[o, i, (r, q, n)] = g[n, o, r - i, q]   (zero outside [0, H'); indices kh-1-i+r into gp's rows),
+    and gs @ xs^T = [(o, i), (c, j)] = sum_{n,p,q} g[n, o, p, q] xp[n, c, p + i, q + j] = dw[o, c, i, j].
+    The contraction has N*Hp*W' terms, (1 + (kh-1)/H') times the product's own. Chosen where the
+    transposed-batch Conv was (LeNet's 5x5 convs): that Conv's im2col writes k*k*C*N*H'*W' values in
+    runs of kw floats (its output is the kernel-sized dw) and costs more than its GEMM; these Gathers
+    copy runs of N and W'*N floats (probes/conv_dw_chunks.py, 1 thread: 1.9 vs 3.7 ms for LeNet's conv1,
+    0.68 vs 1.12 ms for conv2; the padded CNN's 3x3 layers lose to patches).
+    """
+    kh, kw = kernel
+    hp, wp = padded
+    out_w = wp - kw + 1
+    xt = ctx.op("Transpose", [x], {"perm": [1, 2, 3, 0]})
+    if any(pads):
+        xt = ctx.op("Pad", [xt, ctx.e.ints([0, pads[0], pads[1], 0, 0, pads[2], pads[3], 0])])
+    x_index = (np.arange(hp)[None, :, None] * wp + np.arange(out_w)[None, None, :] + np.arange(kw)[:, None, None])
+    xs = ctx.op("Gather", [ctx.op("Reshape", [xt, ctx.e.ints([channels, hp * wp, -1])]),
+                           ctx.e.const(x_index.astype(np.int64))], {"axis": 1})
+    gt = ctx.op("Transpose", [g], {"perm": [1, 2, 3, 0]})
+    gt = ctx.op("Pad", [gt, ctx.e.ints([0, kh - 1, 0, 0, 0, kh - 1, 0, 0])])
+    g_index = kh - 1 - np.arange(kh)[:, None] + np.arange(hp)[None, :]
+    gs = ctx.op("Gather", [gt, ctx.e.const(g_index.astype(np.int64))], {"axis": 1})
+    product = ctx.op("Gemm", [ctx.op("Reshape", [gs, ctx.e.ints([out_c * kh, -1])]),
+                              ctx.op("Reshape", [xs, ctx.e.ints([channels * kw, -1])])], {"transB": 1})
+    product = ctx.op("Reshape", [product, ctx.e.ints([out_c, kh, channels, kw])])
+    return ctx.op("Transpose", [product], {"perm": [0, 2, 1, 3]})
 
 
 @register_vjp("ConvTranspose")
