@@ -45,17 +45,17 @@ def main(argv=None) -> list[dict]:
     print("== LSTM ==", flush=True)
     lstm = bench_lstm.main(rounds + ["--steps", str(steps["lstm"]), "--infer-runs", str(runs)])
 
-    rows = [{"model": "MLP 784-128-64-10", "graphc": [mlp["graphc_ms"]], "torch": [mlp["torch_ms"]],
-             "ratio": [mlp["ratio"]], "infer_ratio": [mlp.get("inference_ratio", float("nan"))]}]
+    rows = [{"model": "MLP 784-128-64-10", "graphc": mlp["rounds"]["graphc_ms"], "torch": mlp["rounds"]["torch_ms"],
+             "ratio": mlp["rounds"]["ratio"], "infer_ratio": mlp["rounds"]["inference_ratio"]}]
     for r in cnns:
         rows.append({"model": r["title"], "graphc": [t["median_ms"] for t in r["train"]["graphc"]],
                      "torch": [t["median_ms"] for t in r["train"]["torch"]], "ratio": r["ratio"],
                      "infer_ratio": r.get("infer_ratio", [float("nan")])})
-    rows.append({"model": "LSTM 2x128, 28 steps", "graphc": [lstm["graphc_ms"]], "torch": [lstm["torch_ms"]],
-                 "ratio": [lstm["ratio"]], "infer_ratio": [lstm.get("inference_ratio", float("nan"))]})
+    rows.append({"model": "LSTM 2x128, 28 steps", "graphc": lstm["rounds"]["graphc_ms"],
+                 "torch": lstm["rounds"]["torch_ms"], "ratio": lstm["rounds"]["ratio"],
+                 "infer_ratio": lstm["rounds"]["inference_ratio"]})
     print()
-    print(f"summary ({args.rounds} rounds; ms per training step, batch 64, Adam; median [min-max] over rounds "
-          f"where the script keeps them)")
+    print(f"summary ({args.rounds} rounds; ms per training step, batch 64, Adam; median [min-max] over rounds)")
     print(f"  {'model':36s} {'graphc step':>22s} {'PyTorch eager step':>22s} {'ratio':>18s} {'inference ratio':>18s}")
     for row in rows:
         print(f"  {row['model']:36s} {_spread(row['graphc']):>22s} {_spread(row['torch']):>22s} "

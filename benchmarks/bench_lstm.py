@@ -202,7 +202,9 @@ def main(argv=None) -> dict:
                "torch_ms": float(np.median([r["median_ms"] for r in train["torch"]])),
                "ratio": float(np.median(ratios)),
                "build_s": float(np.median([r["build_s"] for r in train["graphc"]])),
-               "nodes": train["graphc"][0]["nodes"]}
+               "nodes": train["graphc"][0]["nodes"],
+               "rounds": {"graphc_ms": [r["median_ms"] for r in train["graphc"]],
+                          "torch_ms": [r["median_ms"] for r in train["torch"]], "ratio": ratios}}
     print(f"LSTM {LAYERS}x{HIDDEN} over {STEPS}x{FEATURES}, batch {BATCH}, Adam, {args.seq} length; {args.rounds} "
           f"rounds, each engine in a process of its own; per round the median of {args.steps} steps; "
           f"median over rounds [min-max]")
@@ -217,6 +219,7 @@ def main(argv=None) -> dict:
                                       for e in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
         results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
         results["inference_ratio"] = float(np.median(round_ratios(infer, "graphc_ort", "torch_ort")))
+        results["rounds"]["inference_ratio"] = round_ratios(infer, "graphc_ort", "torch_ort")
         print(f"inference, eval mode, batch {BATCH}, per round the median of {args.infer_runs} calls (ms):")
         for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
                             ("eager", "torch eager")):

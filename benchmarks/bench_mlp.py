@@ -143,7 +143,10 @@ def main(argv=None) -> dict:
     results = {"graphc_ms": float(np.median([r["median_ms"] for r in runs["graphc"]])),
                "torch_ms": float(np.median([r["median_ms"] for r in runs["torch"]])),
                "ratio": float(np.median(round_ratios(runs, "graphc", "torch"))),
-               "floor_ms": step_flops() / (rate * 1e9) * 1e3}
+               "floor_ms": step_flops() / (rate * 1e9) * 1e3,
+               "rounds": {"graphc_ms": [r["median_ms"] for r in runs["graphc"]],
+                          "torch_ms": [r["median_ms"] for r in runs["torch"]],
+                          "ratio": round_ratios(runs, "graphc", "torch")}}
     print(f"MLP 784-128-64-10, batch {BATCH}, {args.optimizer}; {args.rounds} rounds, each engine in a process of "
           f"its own; per round the median of {args.steps} steps; median over rounds [min-max]")
     print(f"  graphc (ONNX Runtime CPU): {spread(r['median_ms'] for r in runs['graphc'])} ms/step")
@@ -157,6 +160,7 @@ def main(argv=None) -> dict:
                                       for e in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
         results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
         results["inference_ratio"] = float(np.median(round_ratios(infer, "graphc_ort", "torch_ort")))
+        results["rounds"]["inference_ratio"] = round_ratios(infer, "graphc_ort", "torch_ort")
         print(f"inference, eval mode, batch {BATCH}, per round the median of {args.infer_runs} calls (ms):")
         for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
                             ("eager", "torch eager")):

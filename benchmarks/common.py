@@ -116,7 +116,20 @@ def cpu_ms_per_call(fn, calls: int) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size so far, in MB.
+
+    Linux's ``VmHWM`` (the high-water mark of this process image, reset by ``exec``), not ``ru_maxrss``:
+    a worker forked from a driver that has grown (bench_all.py's driver imports torch) starts with the
+    driver's pages resident, and ``ru_maxrss`` keeps that maximum across ``exec`` (the LSTM worker
+    reported 310 MB that way, 222 MB on its own). ``ru_maxrss`` where /proc is not there.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
