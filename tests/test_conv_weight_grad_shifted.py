@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 import graphc as gc  # noqa: E402
 from graphc import nn  # noqa: E402
-from passes.autodiff.rules.conv import _shifted_gemm_fits, weight_grad_lowering  # noqa: E402
+from passes.autodiff.rules.conv import _shifted_gemm_fits, _shifted_row_chunks, weight_grad_lowering  # noqa: E402
 
 TNN = torch.nn
 
@@ -68,8 +68,42 @@ def test_conv_weight_grad_by_shifted_gemm_matches_torch_float64(case):
     assert_close(result["dw"], expected_dw, err_msg="dweight")
     assert_close(result["db"], expected_db, err_msg="dbias")
     ops = _weights_grad_graph_ops(program)
-    assert ops.count("Gemm") == 1, ops
+    hp = h + 2 * (p if isinstance(p, int) else p[0])  # the padded input's rows
+    chunks = _shifted_row_chunks(cout * kernel[0] + cin * kernel[1], hp, out_shape[3])
+    assert ops.count("Gemm") == len(chunks), ops  # one Gemm per row chunk (16 for LeNet's conv1, 1 for conv2)
     assert ops.count("Conv") == 0, ops  # dw needs no Conv at all: neither im2col nor the transposed batch
+
+
+def test_shifted_gemm_row_chunks_cover_the_rows_once():
+    """LeNet's conv1 (45 operand rows, Hp = 32, W' = 28: 161 KB per sample) is cut into 2-row chunks; conv2
+    (110 rows, 14 x 10: 62 KB) stays whole; a remainder chunk closes an odd row count."""
+    assert _shifted_row_chunks(6 * 5 + 3 * 5, 32, 28) == [(r, r + 2) for r in range(0, 32, 2)]
+    assert _shifted_row_chunks(16 * 5 + 6 * 5, 14, 10) == [(0, 14)]
+    chunks = _shifted_row_chunks(45, 31, 28)
+    assert chunks[-1] == (30, 31) and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:])) and chunks[0][0] == 0
+
+
+@pytest.mark.parametrize("case", ["uneven_padding", "rect_kernel_rect_input", "kernel_as_large_as_input"])
+def test_shifted_gemm_in_row_chunks_matches_torch_float64(case, monkeypatch):
+    """Every case cut into chunks of one row (and, with 2 rows, a remainder chunk): the chunks' partial
+    products sum to PyTorch's float64 weight gradient."""
+    import passes.autodiff.rules.conv as conv_rules
+    monkeypatch.setattr(conv_rules, "SHIFTED_CHUNK_ABOVE", 0)
+    cin, cout, k, p, h, w, batch = CASES[case]
+    torch.manual_seed(0)
+    tconv = TNN.Conv2d(cin, cout, k, padding=p)
+    conv = nn.Conv2d(cin, cout, k, padding=p)
+    conv.load_state_dict(tconv.state_dict())
+    rng = np.random.default_rng(4)
+    xb = rng.standard_normal((batch, cin, h, w)).astype(np.float32)
+    cot = rng.standard_normal(tuple(tconv(torch.from_numpy(xb)).shape)).astype(np.float32)
+    for row_bytes in (1, 4 * 2 * (cout * tconv.kernel_size[0] + cin * tconv.kernel_size[1]) * cot.shape[3]):
+        monkeypatch.setattr(conv_rules, "SHIFTED_CHUNK_BYTES", row_bytes)  # 1 row per chunk, then 2 rows
+        x = gc.input("x", shape=("batch", cin, h, w))
+        (dw,) = gc.grad((conv(x) * gc.constant(cot)).sum(), [conv.weight])
+        program = gc.compile([x], {"dw": dw})
+        assert_close(program.run({"x": xb})["dw"], _torch_dw(tconv, xb, cot)[0], err_msg=f"{case} {row_bytes}")
+        assert _weights_grad_graph_ops(program).count("Gemm") > 1
 
 
 def test_conv_transpose_weight_grad_by_shifted_gemm_matches_torch_float64():

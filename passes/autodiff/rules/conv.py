@@ -9,7 +9,8 @@ Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/perform
   batch-transposed Conv, level with or ahead of patches there (whole LeNet step: patches 1.2x its CPU time);
   when such a Conv is 2-D with unit strides and dilations, one Gemm over shifted copies of x and g instead
   (``_weight_grad_by_shifted_gemm``; probes/conv_dw_chunks.py: the whole LeNet step ~0.8x its time with the
-  batch-transposed Conv; chunks of the batch for that Conv gained nothing, issue 11).
+  batch-transposed Conv; chunks of the batch for that Conv gained nothing, issue 11); its operands are
+  built in row chunks that stay in cache where they are large (LeNet's conv1: the step 1.08x faster).
 - Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
   32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
 - MaxPool: see ``max_pool_vjp`` (probes/maxpool_grad_lowerings.py).
@@ -181,6 +182,25 @@ def _padded_input_size(x, g, kernel, pads) -> list[int] | None:
     return None
 
 
+# Row chunks of the shifted Gemm (probes/conv_dw_row_chunks.py, probes/lenet_step_layouts.py): operands
+# (gs + xs) above SHIFTED_CHUNK_ABOVE bytes per sample are cut into chunks of at most SHIFTED_CHUNK_BYTES per
+# sample, each Gathered and multiplied while it is still in the core's cache (~768 KB at batch 64). LeNet's
+# conv1 (161 KB per sample, chunks of 2 rows): 1.29 -> 0.98 ms for its Gathers + Gemm at 1 thread; chunks of
+# 1 or 4 rows level with 2; conv2 (62 KB) level in chunks or whole, so it stays whole (fewer nodes). Sized
+# for a batch of ~64: the batch dim is often symbolic when the rule runs.
+SHIFTED_CHUNK_ABOVE = 128 * 1024
+SHIFTED_CHUNK_BYTES = 12 * 1024
+
+
+def _shifted_row_chunks(rows_per_position: int, hp: int, out_w: int) -> list[tuple[int, int]]:
+    """[r0, r1) ranges of the padded rows Hp for ``_weight_grad_by_shifted_gemm`` (one range: no chunking)."""
+    row_bytes = 4 * rows_per_position * out_w  # float32 gs + xs values of one padded row, per sample
+    if row_bytes * hp <= SHIFTED_CHUNK_ABOVE:
+        return [(0, hp)]
+    step = max(1, SHIFTED_CHUNK_BYTES // row_bytes)
+    return [(r0, min(r0 + step, hp)) for r0 in range(0, hp, step)]
+
+
 def _weight_grad_by_shifted_gemm(ctx: VJPContext, x, g, out_c, channels, kernel, pads, padded):
     """dw of a 2-D stride-1 ungrouped Conv as ONE Gemm over shifted copies of x and g, no im2col.
 
@@ -193,7 +213,10 @@ def _weight_grad_by_shifted_gemm(ctx: VJPContext, x, g, out_c, channels, kernel,
     transposed-batch Conv was (LeNet's 5x5 convs): that Conv's im2col writes k*k*C*N*H'*W' values in
     runs of kw floats (its output is the kernel-sized dw) and costs more than its GEMM; these Gathers
     copy runs of N and W'*N floats (probes/conv_dw_chunks.py, 1 thread: 1.9 vs 3.7 ms for LeNet's conv1,
-    0.68 vs 1.12 ms for conv2; the padded CNN's 3x3 layers lose to patches).
+    0.68 vs 1.12 ms for conv2; the padded CNN's 3x3 layers lose to patches). Large operands are built
+    and multiplied in chunks of padded rows r (``_shifted_row_chunks``: one pair of Gathers and one Gemm
+    per chunk, summed), each chunk still in cache when its Gemm reads it: LeNet's whole step 1.08-1.09x
+    faster at 1 thread with conv1's dw in 16 chunks (probes/lenet_step_layouts.py, issue 11).
     """
     kh, kw = kernel
     hp, wp = padded
@@ -202,14 +225,17 @@ def _weight_grad_by_shifted_gemm(ctx: VJPContext, x, g, out_c, channels, kernel,
     if any(pads):
         xt = ctx.op("Pad", [xt, ctx.e.ints([0, pads[0], pads[1], 0, 0, pads[2], pads[3], 0])])
     x_index = (np.arange(hp)[None, :, None] * wp + np.arange(out_w)[None, None, :] + np.arange(kw)[:, None, None])
-    xs = ctx.op("Gather", [ctx.op("Reshape", [xt, ctx.e.ints([channels, hp * wp, -1])]),
-                           ctx.e.const(x_index.astype(np.int64))], {"axis": 1})
+    xr = ctx.op("Reshape", [xt, ctx.e.ints([channels, hp * wp, -1])])
     gt = ctx.op("Transpose", [g], {"perm": [1, 2, 3, 0]})
     gt = ctx.op("Pad", [gt, ctx.e.ints([0, kh - 1, 0, 0, 0, kh - 1, 0, 0])])
     g_index = kh - 1 - np.arange(kh)[:, None] + np.arange(hp)[None, :]
-    gs = ctx.op("Gather", [gt, ctx.e.const(g_index.astype(np.int64))], {"axis": 1})
-    product = ctx.op("Gemm", [ctx.op("Reshape", [gs, ctx.e.ints([out_c * kh, -1])]),
-                              ctx.op("Reshape", [xs, ctx.e.ints([channels * kw, -1])])], {"transB": 1})
+    products = []
+    for r0, r1 in _shifted_row_chunks(out_c * kh + channels * kw, hp, out_w):
+        xs = ctx.op("Gather", [xr, ctx.e.const(x_index[:, r0:r1].astype(np.int64))], {"axis": 1})
+        gs = ctx.op("Gather", [gt, ctx.e.const(g_index[:, r0:r1].astype(np.int64))], {"axis": 1})
+        products.append(ctx.op("Gemm", [ctx.op("Reshape", [gs, ctx.e.ints([out_c * kh, -1])]),
+                                        ctx.op("Reshape", [xs, ctx.e.ints([channels * kw, -1])])], {"transB": 1}))
+    product = products[0] if len(products) == 1 else ctx.op("Sum", products)
     product = ctx.op("Reshape", [product, ctx.e.ints([out_c, kh, channels, kw])])
     return ctx.op("Transpose", [product], {"perm": [0, 2, 1, 3]})
 
