@@ -203,7 +203,8 @@ class SGDUpdate:
 @register_optimizer("adam", "Adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
 class AdamUpdate:
     """torch.optim.Adam: g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-    p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps); amsgrad uses the running max of v."""
+    p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps); amsgrad uses the running max of v.
+    Emitted as p -= (lr sqrt(1-b2^t) / (1-b1^t)) * m / (sqrt(v) + eps sqrt(1-b2^t)): equal, a pass fewer."""
 
 
     @staticmethod
@@ -233,9 +234,15 @@ class AdamUpdate:
         if hp["amsgrad"]:
             v = e.op("Max", [state["max_exp_avg_sq"], v])
             new_state["max_exp_avg_sq"] = v
-        step_size = s.scalar(f"lr/(1-{b1}^t)", lambda: e.op("Div", [s.lr64, s.one_minus_pow(b1)]))
-        bc2_sqrt = s.scalar(f"sqrt(1-{b2}^t)", lambda: e.op("Sqrt", [s.one_minus_pow(b2)]))
-        denom = e.op("Add", [e.op("Div", [e.op("Sqrt", [v]), bc2_sqrt]), s.c(hp["eps"])])
+        # torch's denom sqrt(v) / sqrt(bc2) + eps, times sqrt(bc2): sqrt(v) + eps sqrt(bc2), with sqrt(bc2)
+        # moved into the per-step scalar lr sqrt(bc2) / bc1. Algebraically equal, one full element-wise pass
+        # fewer per parameter (docs/performance.md, "The MLP step: Adam's passes ..."); scalars in float64.
+        def sqrt_bc2():
+            return e.op("Sqrt", [s.one_minus_pow(b2)])  # emitted twice; CSE merges the copies
+        step_size = s.scalar(f"lr*sqrt(1-{b2}^t)/(1-{b1}^t)", lambda: e.op("Div", [
+            e.op("Mul", [s.lr64, sqrt_bc2()]), s.one_minus_pow(b1)]))
+        eps = s.scalar(f"{hp['eps']}*sqrt(1-{b2}^t)", lambda: e.op("Mul", [s.d(hp["eps"]), sqrt_bc2()]))
+        denom = e.op("Add", [e.op("Sqrt", [v]), eps])
         return e.op("Sub", [p, e.op("Mul", [e.op("Div", [m, denom]), step_size])]), new_state
 
 
