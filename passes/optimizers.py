@@ -234,15 +234,20 @@ class AdamUpdate:
         if hp["amsgrad"]:
             v = e.op("Max", [state["max_exp_avg_sq"], v])
             new_state["max_exp_avg_sq"] = v
-        # torch's denom sqrt(v) / sqrt(bc2) + eps, times sqrt(bc2): sqrt(v) + eps sqrt(bc2), with sqrt(bc2)
-        # moved into the per-step scalar lr sqrt(bc2) / bc1. Algebraically equal, one full element-wise pass
-        # fewer per parameter (docs/performance.md, "The MLP step: Adam's passes ..."); scalars in float64.
         def sqrt_bc2():
             return e.op("Sqrt", [s.one_minus_pow(b2)])  # emitted twice; CSE merges the copies
-        step_size = s.scalar(f"lr*sqrt(1-{b2}^t)/(1-{b1}^t)", lambda: e.op("Div", [
-            e.op("Mul", [s.lr64, sqrt_bc2()]), s.one_minus_pow(b1)]))
-        eps = s.scalar(f"{hp['eps']}*sqrt(1-{b2}^t)", lambda: e.op("Mul", [s.d(hp["eps"]), sqrt_bc2()]))
-        denom = e.op("Add", [e.op("Sqrt", [v]), eps])
+        if s.dtype in (ir.DataType.FLOAT, ir.DataType.DOUBLE):
+            # torch's denom sqrt(v) / sqrt(bc2) + eps, times sqrt(bc2): sqrt(v) + eps sqrt(bc2), with sqrt(bc2)
+            # moved into the per-step scalar lr sqrt(bc2) / bc1. Algebraically equal, one full element-wise pass
+            # fewer per parameter (docs/performance.md, "The MLP step: Adam's passes ..."); scalars in float64.
+            step_size = s.scalar(f"lr*sqrt(1-{b2}^t)/(1-{b1}^t)", lambda: e.op("Div", [
+                e.op("Mul", [s.lr64, sqrt_bc2()]), s.one_minus_pow(b1)]))
+            eps = s.scalar(f"{hp['eps']}*sqrt(1-{b2}^t)", lambda: e.op("Mul", [s.d(hp["eps"]), sqrt_bc2()]))
+            denom = e.op("Add", [e.op("Sqrt", [v]), eps])
+        else:  # half precision: eps * sqrt(bc2) would underflow to 0 where torch's own eps does not
+            step_size = s.scalar(f"lr/(1-{b1}^t)", lambda: e.op("Div", [s.lr64, s.one_minus_pow(b1)]))
+            denom = e.op("Add", [e.op("Div", [e.op("Sqrt", [v]), s.scalar(f"sqrt(1-{b2}^t)", sqrt_bc2)]),
+                                 s.c(hp["eps"])])
         return e.op("Sub", [p, e.op("Mul", [e.op("Div", [m, denom]), step_size])]), new_state
 
 

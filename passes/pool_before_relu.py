@@ -9,7 +9,9 @@ makes the Relu and its gradient mask as small as the pooled map (4x smaller for 
 is ONNX Runtime's Conv+Relu fusion, lost where a Conv fed the Relu (docs/performance.md, issue 11).
 
 Rewrites: a ``Relu`` whose output is read only by one ``MaxPool`` (as its input, not a graph output)
-and whose MaxPool's ``Indices`` output is unused: ``MaxPool(Relu(x)) -> y`` becomes
+and whose MaxPool's ``Indices`` output is unused and whose windows all read x (no dilations; with
+ceil_mode, pad_end + stride <= kernel: a window wholly in the padding pools to the lowest float, which
+Relu would make 0): ``MaxPool(Relu(x)) -> y`` becomes
 ``Relu(MaxPool(x)) -> y`` (same attributes and number of outputs, ``y`` keeps its name, type and
 shape). Invariant: every other value and node is untouched; the graph stays topologically sorted.
 """
@@ -34,7 +36,33 @@ def _pool_reading_only(relu: ir.Node, graph: ir.Graph) -> ir.Node | None:
         return None
     if len(pool.outputs) > 1 and (pool.outputs[1].uses() or pool.outputs[1] in graph.outputs):
         return None
+    if not _every_window_reads_x(pool):
+        return None
     return pool
+
+
+def _every_window_reads_x(pool: ir.Node) -> bool:
+    """Whether every pooling window holds at least one element of x.
+
+    A window wholly in the padding pools to the lowest float (ONNX Runtime) or -inf (PyTorch), which
+    Relu-after-pool would turn into 0. With dilations, pads may exceed the taps a window reads: refused.
+    Without, pads < kernel (ONNX's rule) keeps every window on x, except that ceil_mode may start a last
+    window at up to in + pad_end + stride - kernel - 1: on x when pad_end + stride <= kernel per axis.
+    """
+    def ints(name, default):
+        attr = pool.attributes.get(name)
+        return list(attr.value) if attr is not None else default
+    kernel = ints("kernel_shape", [])
+    if any(d != 1 for d in ints("dilations", [])):
+        return False
+    ceil = pool.attributes.get("ceil_mode")
+    if ceil is None or ceil.value == 0:
+        return True
+    if pool.attributes.get("auto_pad") is not None and pool.attributes["auto_pad"].value not in ("NOTSET", "VALID"):
+        return False
+    pads = ints("pads", [0] * (2 * len(kernel)))
+    strides = ints("strides", [1] * len(kernel))
+    return all(pads[len(kernel) + i] + strides[i] <= kernel[i] for i in range(len(kernel)))
 
 
 class PoolBeforeReluPass(ir.passes.InPlacePass):

@@ -130,3 +130,32 @@ def test_a_relu_read_elsewhere_or_used_indices_are_left_alone(kwargs):
     model = relu_pool_proto(**kwargs)
     assert not PoolBeforeReluPass()(model).modified
     assert op_order(model) == ["Relu", "MaxPool"]
+
+
+def relu_pool_1d(length=3, **pool_attrs) -> ir.Model:
+    info = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"],
+                                                                                        **pool_attrs)],
+                              "g", [info("x", [1, 1, length])], [info("y", None)])
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)],
+                                                        ir_version=10))
+
+
+@pytest.mark.parametrize("attrs", [
+    # a window wholly in the padding: ONNX Runtime pools it to the lowest float, Relu-after-pool would give 0
+    {"kernel_shape": [2], "pads": [1, 1], "dilations": [2], "length": 1},
+    # ceil_mode: a last window may start past the input
+    {"kernel_shape": [1], "strides": [3], "ceil_mode": 1},
+])
+def test_pools_whose_windows_may_miss_x_are_left_alone(attrs):
+    model = relu_pool_1d(**attrs)
+    xb = np.asarray([[[0.5, -1.0, 2.0]]], np.float32)[..., :attrs.get("length", 3)]
+    before = run(relu_pool_1d(**attrs), {"x": xb})["y"]
+    assert not PoolBeforeReluPass()(model).modified
+    np.testing.assert_array_equal(run(model, {"x": xb})["y"], before)
+
+
+def test_a_dilated_pool_in_the_padding_pools_to_the_lowest_float_in_onnx_runtime():
+    """Why dilated pools are left alone: the swap would change this value from -FLT_MAX to 0."""
+    y = run(relu_pool_1d(1, kernel_shape=[2], pads=[1, 1], dilations=[2]), {"x": np.ones((1, 1, 1), np.float32)})["y"]
+    assert np.finfo(np.float32).min in y.ravel()

@@ -334,6 +334,8 @@ def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
     exact since powers of two are; dx = upsampled g * (weight == first and x == upsampled y), a window
     without a maximum equal to y (NaN) getting no gradient. Arithmetic, not ``Where``: ONNX Runtime's
     CPU ``Where`` costs several times a ``Mul`` over the same elements (probes/maxpool_quarters.py).
+    The price: an inf or NaN cotangent spreads NaN over its window's other positions (0 * inf), where
+    PyTorch gives 0; a training step with such a cotangent is refused by the finiteness check anyway.
     """
     dims = static_dims(x)
     x_sp = dims[2:]
