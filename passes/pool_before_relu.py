@@ -80,11 +80,11 @@ class PoolBeforeReluPass(ir.passes.InPlacePass):
             attrs = {name: attr.value for name, attr in pool.attributes.items()}
             # As many outputs as before: the MaxPool gradient rule reads an unused Indices output if it is there.
             pooled = ir.Node("", "MaxPool", [relu.inputs[0]], ir.convenience.convert_attributes(attrs),
-                             num_outputs=len(pool.outputs), name=f"{pool.name}/pool_first")
+                             num_outputs=len(pool.outputs), name=f"{pool.name or 'MaxPool'}/pool_first")
             for old_value, new_value in zip(pool.outputs[1:], pooled.outputs[1:]):
                 new_value.type = old_value.type
                 new_value.shape = None if old_value.shape is None else ir.Shape(old_value.shape)
-            rectified = ir.Node("", "Relu", [pooled.outputs[0]], name=f"{relu.name}/after_pool")
+            rectified = ir.Node("", "Relu", [pooled.outputs[0]], name=f"{relu.name or 'Relu'}/after_pool")
             out = pool.outputs[0]
             for value in (pooled.outputs[0], rectified.outputs[0]):
                 value.type = out.type

@@ -56,13 +56,14 @@ class PoolOnChannelViewPass(ir.passes.InPlacePass):
             if x.dtype != ir.DataType.FLOAT or x_dims is None or y_dims is None or len(x_dims) < 3 or \
                     None in x_dims[1:] or None in y_dims[1:] or x_dims[1] % NCHWC_BLOCK:
                 continue
-            view_shape = _shape_const(f"{pool.name}/view_shape", [-1, 1, *x_dims[2:]])
-            back_shape = _shape_const(f"{pool.name}/back_shape", [-1, *y_dims[1:]])
-            view = ir.Node("", "Reshape", [x, view_shape.outputs[0]], name=f"{pool.name}/view")
+            base = pool.name or "MaxPool"  # an unnamed pool (imported models) names its pieces by op type
+            view_shape = _shape_const(f"{base}/view_shape", [-1, 1, *x_dims[2:]])
+            back_shape = _shape_const(f"{base}/back_shape", [-1, *y_dims[1:]])
+            view = ir.Node("", "Reshape", [x, view_shape.outputs[0]], name=f"{base}/view")
             attrs = {name: attr.value for name, attr in pool.attributes.items()}
             pooled = ir.Node("", "MaxPool", [view.outputs[0]], ir.convenience.convert_attributes(attrs),
-                             name=f"{pool.name}/on_view")
-            back = ir.Node("", "Reshape", [pooled.outputs[0], back_shape.outputs[0]], name=f"{pool.name}/back")
+                             name=f"{base}/on_view")
+            back = ir.Node("", "Reshape", [pooled.outputs[0], back_shape.outputs[0]], name=f"{base}/back")
             rows = None if x_dims[0] is None else x_dims[0] * x_dims[1]
             view.outputs[0].shape = ir.Shape([rows, 1, *x_dims[2:]])
             pooled.outputs[0].shape = ir.Shape([rows, 1, *y_dims[2:]])
