@@ -24,7 +24,9 @@ import graphc as gc
 import graphc.nn.functional as F
 from graphc import nn
 
-from common import gemm_gflops, peak_rss_mb, report, round_ratios, spread, take_turns, time_ms, worker_spec
+from common import (
+    gemm_gflops, peak_rss_mb, report, report_inference, round_ratios, spread, take_turns, time_ms, worker_spec,
+)
 
 SIZES = (784, 128, 64, 10)
 BATCH = 64
@@ -158,14 +160,7 @@ def main(argv=None) -> dict:
     if args.infer_runs:
         infer = take_turns(__file__, {e: {"task": "infer", "engine": e, "runs": args.infer_runs}
                                       for e in ("graphc_ort", "torch_ort", "eager")}, args.rounds)
-        results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
-        results["inference_ratio"] = float(np.median(round_ratios(infer, "graphc_ort", "torch_ort")))
-        results["rounds"]["inference_ratio"] = round_ratios(infer, "graphc_ort", "torch_ort")
-        print(f"inference, eval mode, batch {BATCH}, per round the median of {args.infer_runs} calls (ms):")
-        for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
-                            ("eager", "torch eager")):
-            print(f"  {label:22s} {spread(r['median_ms'] for r in infer[name])}")
-        print(f"  ratio graphc / torch->ORT: {spread(round_ratios(infer, 'graphc_ort', 'torch_ort'))}")
+        report_inference(infer, results, BATCH, args.infer_runs)
     return results
 
 

@@ -133,6 +133,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def report_inference(infer: dict, results: dict, batch: int, runs: int) -> None:
+    """Print the inference rounds of ``graphc_ort``, ``torch_ort`` and ``eager`` and add their figures to
+    ``results`` (medians, the median per-round ratio graphc / torch->ORT, and the per-round ratios)."""
+    ratios = round_ratios(infer, "graphc_ort", "torch_ort")
+    results["inference_ms"] = {e: float(np.median([r["median_ms"] for r in infer[e]])) for e in infer}
+    results["inference_ratio"] = float(np.median(ratios))
+    results.setdefault("rounds", {})["inference_ratio"] = ratios
+    print(f"inference, eval mode, batch {batch}, per round the median of {runs} calls (ms):")
+    for name, label in (("graphc_ort", "graphc export on ORT"), ("torch_ort", "torch export on ORT"),
+                        ("eager", "torch eager")):
+        print(f"  {label:22s} {spread(r['median_ms'] for r in infer[name])}")
+    print(f"  ratio graphc / torch->ORT: {spread(ratios)}")
+
+
 def spread(values) -> str:
     """``median [min-max]`` of per-round figures."""
     values = list(values)
