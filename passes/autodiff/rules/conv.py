@@ -11,6 +11,8 @@ Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/perform
   (``_weight_grad_by_shifted_gemm``; probes/conv_dw_chunks.py: the whole LeNet step ~0.8x its time with the
   batch-transposed Conv; chunks of the batch for that Conv gained nothing, issue 11); its operands are
   built in row chunks that stay in cache where they are large (LeNet's conv1: the step 1.08x faster).
+  Patches larger than PATCHES_CHUNK_ABOVE per sample (the padded CNN's conv2) are made and multiplied per
+  chunk of 8 samples (``_patches_batch_chunks``: the dw 0.85x, the whole step ~0.96x at 1 thread, issue 11).
 - Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
   32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
 - MaxPool: see ``max_pool_vjp`` (probes/maxpool_grad_lowerings.py).
@@ -88,7 +90,8 @@ def weight_grad_lowering(out_channels: int, taps: int, group: int) -> str:
 def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group):
     """dw of y = Conv(x, w): the sum over the batch of g's correlation with x's patches.
 
-    Patches + MatMul by default; for ungrouped kernels with more taps than output channels one Gemm
+    Patches + MatMul by default (over batch chunks where one sample's patches are large,
+    ``_patches_batch_chunks``); for ungrouped kernels with more taps than output channels one Gemm
     over shifted copies where the Conv is 2-D with unit strides and dilations
     (``_weight_grad_by_shifted_gemm``), else a transposed-batch Conv (``_weight_grad_by_transposed_batch``).
     """
@@ -105,16 +108,73 @@ def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group)
     for c in range(channels):
         for t in range(taps):
             eye[(c * taps + t, 0, *np.unravel_index(t, kernel))] = 1
-    patches = ctx.op("Conv", [x, ctx.e.const(eye)], {"strides": strides, "dilations": dilations, "pads": pads,
-                                                     "group": channels, "kernel_shape": kernel})
-    patches = ctx.op("Reshape", [patches, ctx.e.ints([0, group, in_per_group * taps, -1])])
-    grads = ctx.op("Reshape", [g, ctx.e.ints([0, group, out_c // group, -1])])
-    # patches @ g^T, not g @ patches^T: only the small operand and the summed result are transposed
-    # (probes/conv_dw_lowerings.py, B3 against B1: 4.6 vs 9.6 ms and 12 vs 24 ms on the padded CNN's convs).
-    per_sample = ctx.op("MatMul", [patches, ctx.op("Transpose", [grads], {"perm": [0, 1, 3, 2]})])
-    summed = ctx.op("ReduceSum", [per_sample, ctx.e.ints([0])], {"keepdims": 0})
+    eye = ctx.e.const(eye)
+    # explicit where known: a Reshape with -1 refuses the empty chunks of a small batch
+    positions = _patch_positions(x, g, kernel, strides, dilations, pads)
+    rows = in_per_group * taps
+
+    def summed_patch_products(xi, gi):
+        patches = ctx.op("Conv", [xi, eye], {"strides": strides, "dilations": dilations, "pads": pads,
+                                             "group": channels, "kernel_shape": kernel})
+        patches = ctx.op("Reshape", [patches, ctx.e.ints([0, group, rows, positions])])
+        grads = ctx.op("Reshape", [gi, ctx.e.ints([0, group, out_c // group, positions])])
+        # patches @ g^T, not g @ patches^T: only the small operand and the summed result are transposed
+        # (probes/conv_dw_lowerings.py, B3 against B1: 4.6 vs 9.6 ms and 12 vs 24 ms on the padded CNN's convs).
+        per_sample = ctx.op("MatMul", [patches, ctx.op("Transpose", [grads], {"perm": [0, 1, 3, 2]})])
+        return ctx.op("ReduceSum", [per_sample, ctx.e.ints([0])], {"keepdims": 0})
+
+    x_dims = static_dims(x)
+    patch_bytes = np.dtype(w.dtype.numpy()).itemsize * channels * taps * positions
+    chunks = _patches_batch_chunks(x_dims[0] if x_dims else None, patch_bytes) if positions > 0 else [(0, None)]
+    if len(chunks) == 1:
+        summed = summed_patch_products(x, g)
+    else:
+        def part(value, start, end):
+            return ctx.op("Slice", [value, ctx.e.ints([start]), ctx.e.ints([end if end is not None else _TO_END]),
+                                    ctx.e.ints([0])])
+        summed = ctx.op("Sum", [summed_patch_products(part(x, start, end), part(g, start, end))
+                                for start, end in chunks])
     summed = ctx.op("Transpose", [summed], {"perm": [0, 2, 1]})
     return ctx.op("Reshape", [summed, ctx.e.ints([out_c, in_per_group, *kernel])])
+
+
+# Batch chunks of the patches rule (probes/conv_dw_chunks.py, probes/cnn_patch_chunks.py): where one sample's
+# patches exceed PATCHES_CHUNK_ABOVE bytes, the batch is cut into chunks of PATCHES_CHUNK_SAMPLES samples, each
+# chunk's patches multiplied while they are still in cache. Batch 64, 1 thread, the dw alone: the padded CNN's
+# conv2 (295 KB per sample) 11.5 -> 9.8 ms in chunks of 8 (2, 4, 16: 10.9, 10.3, 10.8 ms); its conv1 (110 KB)
+# loses in chunks (2.45 -> 2.9-3.1 ms: its per-sample MatMul has K = 1024, the patches are read once anyway),
+# so it stays whole. With a symbolic batch (the usual case) PATCHES_CHUNK_COUNT chunks are cut at fixed
+# offsets, the last reaching the batch's end: sized for a batch of 64; smaller batches leave trailing chunks
+# empty (ONNX Runtime runs them as no-ops), larger ones put the rest into the last chunk.
+PATCHES_CHUNK_ABOVE = 192 * 1024
+PATCHES_CHUNK_SAMPLES = 8
+PATCHES_CHUNK_COUNT = 8
+_TO_END = int(np.iinfo(np.int64).max)
+
+
+def _patch_positions(x, g, kernel, strides, dilations, pads) -> int:
+    """Positions per sample of the patches Conv (g's spatial size), from g's or x's static dims; -1 if unknown."""
+    nd = len(kernel)
+    for value in (g, x):
+        dims = static_dims(value)
+        if dims is None or len(dims) != nd + 2 or not all(isinstance(d, int) for d in dims[2:]):
+            continue
+        if value is g:
+            return int(np.prod(dims[2:]))
+        return int(np.prod([(size + pads[i] + pads[i + nd] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                            for i, size in enumerate(dims[2:])]))
+    return -1
+
+
+def _patches_batch_chunks(batch, patch_bytes: int) -> list[tuple[int, int | None]]:
+    """[start, end) sample ranges for the patches rule (end None: to the batch's end; one range: no chunking)."""
+    if patch_bytes <= PATCHES_CHUNK_ABOVE:
+        return [(0, None)]
+    step = PATCHES_CHUNK_SAMPLES
+    count = -(-batch // step) if isinstance(batch, int) else PATCHES_CHUNK_COUNT
+    if count <= 1:
+        return [(0, None)]
+    return [(i * step, (i + 1) * step) for i in range(count - 1)] + [((count - 1) * step, None)]
 
 
 @register_vjp("Conv")
@@ -123,9 +183,9 @@ def conv_vjp(ctx: VJPContext):
 
     dx = ConvTranspose(g, w) with the same strides/pads/dilations/group;
     dw = sum_n g_n (O, L) @ patches_n (C*prod(k), L)^T per group, patches from a
-    one-hot depthwise Conv (im2col in standard ops), or, for ungrouped kernels with
-    more taps than output channels, one Gemm over shifted copies (2-D, stride 1) or a
-    transposed-batch Conv; db = sum of g over N and the spatial dims.
+    one-hot depthwise Conv (im2col in standard ops; large ones per chunk of samples, summed), or, for
+    ungrouped kernels with more taps than output channels, one Gemm over shifted copies (2-D, stride 1)
+    or a transposed-batch Conv; db = sum of g over N and the spatial dims.
     """
     x, w = ctx.inputs[0], ctx.inputs[1]
     g = ctx.g
