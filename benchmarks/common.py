@@ -147,6 +147,23 @@ def report_inference(infer: dict, results: dict, batch: int, runs: int) -> None:
     print(f"  ratio graphc / torch->ORT: {spread(ratios)}")
 
 
+def compare_settings(script: str, models: list[str], settings: list[str], steps: int, rounds: int,
+                     threads: int | None, width: int = 24) -> None:
+    """The step-variant probes' driver: each setting of each model in its own process, taking turns
+    (``script --worker {"model", "setting", "steps", "threads"}`` reports ``median_ms`` and ``cpu_ms``);
+    prints per setting the median step ms, its ratio to ``settings[0]`` in the same round, and the same
+    for the CPU ms per step."""
+    for model in models:
+        specs = {s: {"model": model, "setting": s, "steps": steps, "threads": threads} for s in settings}
+        runs = take_turns(script, specs, rounds)
+        print(f"{model} (threads {threads or 'default'}), {rounds} rounds [min-max]: median step ms, "
+              f"ratio to {settings[0]} in the same round; CPU ms per step, ratio")
+        for s in settings:
+            print(f"  {s:{width}s} {spread(r['median_ms'] for r in runs[s]):>22s}  "
+                  f"{spread(round_ratios(runs, s, settings[0])):>18s}  {spread(r['cpu_ms'] for r in runs[s]):>22s}  "
+                  f"{spread(round_ratios(runs, s, settings[0], 'cpu_ms')):>18s}")
+
+
 def spread(values) -> str:
     """``median [min-max]`` of per-round figures."""
     values = list(values)

@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import round_ratios, spread, take_turns, worker_spec  # noqa: E402
+from common import compare_settings, worker_spec  # noqa: E402
 
 
 def _mask_with_max(ctx, x, kernel):
@@ -85,16 +85,8 @@ def main():
     parser.add_argument("--settings", default="default,patches_whole")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    settings = args.settings.split(",")
-    for model in args.models.split(","):
-        specs = {s: {"model": model, "setting": s, "steps": args.steps, "threads": args.threads} for s in settings}
-        runs = take_turns(__file__, specs, args.rounds)
-        print(f"{model} (threads {args.threads or 'default'}), {args.rounds} rounds [min-max]: median step ms, "
-              f"ratio to {settings[0]} in the same round; CPU ms per step, ratio")
-        for s in settings:
-            print(f"  {s:18s} {spread(r['median_ms'] for r in runs[s]):>22s}  "
-                  f"{spread(round_ratios(runs, s, settings[0])):>18s}  {spread(r['cpu_ms'] for r in runs[s]):>22s}  "
-                  f"{spread(round_ratios(runs, s, settings[0], 'cpu_ms')):>18s}")
+    compare_settings(__file__, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
+                     args.threads, width=18)
 
 
 if __name__ == "__main__":
