@@ -96,16 +96,11 @@ def patch(parts: list[str]) -> None:
 def build(model_key: str, threads: int | None, io_binding: bool):
     import graphc as gc
     import graphc.nn.functional as F
-    from bench_mlp import SIZES
+    from bench_mlp import SIZES, graphc_model
     gc.manual_seed(0)
     if model_key == "mlp":
         x = gc.input("x", shape=("batch", SIZES[0]))
-        layers = []
-        for i in range(len(SIZES) - 1):
-            layers.append(gc.nn.Linear(SIZES[i], SIZES[i + 1]))
-            if i < len(SIZES) - 2:
-                layers.append(gc.nn.ReLU())
-        model = gc.nn.Sequential(*layers)
+        model = graphc_model()
     else:
         from bench_cnn import MODELS
         x = gc.input("x", shape=("batch", 3, 32, 32))

@@ -28,20 +28,11 @@ import runtime.training_session as training_session  # noqa: E402
 
 import graphc as gc  # noqa: E402
 import graphc.nn.functional as F  # noqa: E402
-from graphc import nn  # noqa: E402
 
 BATCH, FEATURES, HIDDEN, LAYERS, CLASSES = 64, 28, 128, 2, 10
 
 
-class Classifier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lstm = nn.LSTM(FEATURES, HIDDEN, num_layers=LAYERS, batch_first=True)
-        self.fc = nn.Linear(HIDDEN, CLASSES)
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1, :])
+from bench_lstm import Classifier  # noqa: E402  (the benchmark's 2x128 LSTM classifier)
 
 
 def build(steps: int, profile: bool, threads: int | None = None):

@@ -31,7 +31,7 @@ import graphc.nn.functional as F  # noqa: E402
 
 def build(model_key: str, profile: bool):
     from bench_cnn import MODELS
-    from bench_mlp import SIZES
+    from bench_mlp import SIZES, graphc_model
     if profile:
         plain = training_session.session_options
 
@@ -43,12 +43,7 @@ def build(model_key: str, profile: bool):
     gc.manual_seed(0)
     if model_key == "mlp":
         x = gc.input("x", shape=("batch", SIZES[0]))
-        layers = []
-        for i in range(len(SIZES) - 1):
-            layers.append(gc.nn.Linear(SIZES[i], SIZES[i + 1]))
-            if i < len(SIZES) - 2:
-                layers.append(gc.nn.ReLU())
-        model = gc.nn.Sequential(*layers)
+        model = graphc_model()
     else:
         x = gc.input("x", shape=("batch", 3, 32, 32))
         model = MODELS[model_key][1]()
