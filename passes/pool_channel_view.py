@@ -12,7 +12,7 @@ Rewrites: a ``MaxPool`` whose Indices output is absent or unread, whose input is
 channel and spatial dims and a channel count that is a multiple of 8 (the smallest NCHWc block):
 ``MaxPool(x) -> y`` becomes ``Reshape(MaxPool(Reshape(x, [-1, 1, *spatial])), [-1, C, *pooled])`` with
 the same attributes (``y`` keeps its name, type and shape). On the view, the MaxPool gradient rule's
-per-sample size is one channel's, so tiling windows take its mask lowering (``rules/conv.py``).
+per-sample size is one channel's, so tiling windows take its mask lowering (``rules/pool.py``).
 Invariant: other values and nodes are untouched; the graph stays topologically sorted.
 """
 

@@ -38,7 +38,7 @@ def tie_heavy_input(shape, seed=2) -> np.ndarray:
     return x
 
 
-# (MaxPool2d kwargs, channels, H, W): the lowering each takes in passes/autodiff/rules/conv.py
+# (MaxPool2d kwargs, channels, H, W): the lowering each takes in passes/autodiff/rules/pool.py
 CASES = {
     "k2_mask": ({"kernel_size": 2}, 3, 8, 8),
     "k2_unpool_large_map": ({"kernel_size": 2}, 3, 64, 64),

@@ -54,8 +54,9 @@ def _mask_with_max(ctx, x, kernel):
 
 def _chunk_rules(setting: str) -> None:
     import passes.autodiff.rules.conv as conv_rules
+    import passes.autodiff.rules.pool as pool_rules
     if setting == "mask_max":
-        conv_rules._max_pool_mask_vjp = _mask_with_max
+        pool_rules._max_pool_mask_vjp = _mask_with_max
     elif setting == "patches_whole":
         conv_rules.PATCHES_CHUNK_ABOVE = 1 << 62
     elif setting.startswith("chunk_all"):

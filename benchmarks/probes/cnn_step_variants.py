@@ -50,8 +50,8 @@ def _mask_by_where(ctx, x, kernel):
 
 def patch_rules(setting: str) -> None:
     if setting == "mask_where":
-        import passes.autodiff.rules.conv as conv_rules
-        conv_rules._max_pool_mask_vjp = _mask_by_where
+        import passes.autodiff.rules.pool as pool_rules
+        pool_rules._max_pool_mask_vjp = _mask_by_where
     elif setting == "no_view":
         import onnx_ir as ir
 

@@ -89,7 +89,7 @@ def _window_numbers(h, start, step, dtype=np.float32):
 
 
 def resize_mask_rule(n, c, h, threads):
-    """graphc's rule for small maps (conv.py ``_max_pool_mask_vjp``): Where over -position, MaxPool, Equal."""
+    """graphc's rule for small maps (pool.py ``_max_pool_mask_vjp``): Where over -position, MaxPool, Equal."""
     nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Resize", ["y", "", "scales"], ["yu"], **_NEAREST),
              helper.make_node("Equal", ["x", "yu"], ["eq"]),

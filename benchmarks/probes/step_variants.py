@@ -55,13 +55,14 @@ def _legacy_patches_weight_grad(ctx, x, g, w, strides, dilations, pads, group):
 
 def patch_rules(setting: str) -> None:
     import passes.autodiff.rules.conv as conv_rules
+    import passes.autodiff.rules.pool as pool_rules
     if setting == "pool_unpool":
-        conv_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 0
+        pool_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 0
     elif setting == "pool_mask":
-        conv_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 1 << 62
+        pool_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 1 << 62
     elif setting == "before_issue_11":  # MaxPool by ScatterElements, the old patches layout
-        conv_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 0
-        conv_rules._windows_disjoint = lambda ctx, nd: False
+        pool_rules.MASK_MAX_ELEMENTS_PER_SAMPLE = 0
+        pool_rules._windows_disjoint = lambda ctx, nd: False
         conv_rules._conv_weight_grad = _legacy_patches_weight_grad
     elif setting.startswith("dw_"):
         choice = {"dw_patches": "patches", "dw_transposed": "transposed_batch"}[setting]

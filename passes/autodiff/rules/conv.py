@@ -1,4 +1,4 @@
-"""VJP rules of the spatial ops: Conv, ConvTranspose, MaxPool, AveragePool, BatchNormalization (inference form).
+"""VJP rules of Conv, ConvTranspose and BatchNormalization (inference form); pooling is in ``pool.py``.
 
 Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/performance.md):
 - Conv weight gradient (benchmarks/probes/conv_dw_lowerings.py): patches (a one-hot depthwise Conv,
@@ -15,15 +15,13 @@ Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/perform
   chunk of 8 samples (``_patches_batch_chunks``: the dw 0.85x, the whole step ~0.96x at 1 thread, issue 11).
 - Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
   32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
-- MaxPool: see ``max_pool_vjp`` (probes/maxpool_grad_lowerings.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 
-from passes.autodiff.helpers import static_dims, zeros_like
+from passes.autodiff.helpers import static_dims
 from passes.autodiff.registry import VJPContext, register_vjp
 from passes.autodiff.rules.batch_norm_training import batch_norm_training_vjp
 
@@ -338,170 +336,6 @@ def conv_transpose_vjp(ctx: VJPContext):
     if len(ctx.inputs) > 2 and ctx.needs(2):
         db = ctx.op("ReduceSum", [ctx.g, ctx.e.ints([0, *range(2, nd + 2)])], {"keepdims": 0})
     return [dx, dw, db]
-
-
-def _windows_disjoint(ctx: VJPContext, nd: int) -> bool:
-    """Whether no input element lies in two MaxPool windows (stride >= dilated kernel extent, per axis)."""
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1] * nd)
-    dilations = _spatial(ctx, "dilations", [1] * nd)
-    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, strides, dilations))
-
-
-def _unpool_fits(ctx: VJPContext, x, nd: int) -> bool:
-    """Whether MaxUnpool's default output size, (out - 1) * stride + kernel, is x's static spatial size."""
-    sizes, outs = static_dims(x), static_dims(ctx.outputs[0])
-    if sizes is None or outs is None or not all(isinstance(d, int) for d in sizes[2:] + outs[2:]):
-        return False
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1] * nd)
-    return all((o - 1) * s + k == size for o, s, k, size in zip(outs[2:], strides, kernel, sizes[2:]))
-
-
-# Per-sample input elements up to which the mask lowering beats MaxUnpool (maxpool_grad_lowerings.py, batch 64:
-# 6x28x28 and 16x10x10 maps 0.59 vs 0.7-1.3 ms and 0.24 vs 0.47 ms; 32x32x32 and 64x16x16 maps lose, 21-37 vs
-# 12-23 ms and 16-20 vs 5.4-12 ms: with Indices the forward MaxPool leaves MLAS's fast kernel, which small
-# maps pay for, while the mask's eight passes over x cost more once x outgrows the caches). Measured with the
-# Where-based mask; training steps now pool (N*C, 1, H, W) views (passes/pool_channel_view.py), one channel per
-# sample, so their tiling pools all take the mask (padded CNN step: 1.11x CPU time without the view).
-MASK_MAX_ELEMENTS_PER_SAMPLE = 8192
-
-
-def _mask_pool_kernel(ctx: VJPContext, x, nd: int) -> list[int] | None:
-    """The kernel when the MaxPool's windows tile a small float32 input exactly, else None."""
-    kernel = _spatial(ctx, "kernel_shape", [])
-    dims = static_dims(x)
-    if x.dtype != ir.DataType.FLOAT or dims is None or not all(isinstance(d, int) for d in dims[1:]):
-        return None
-    if int(np.prod(dims[1:])) > MASK_MAX_ELEMENTS_PER_SAMPLE or _spatial(ctx, "strides", [1] * nd) != kernel:
-        return None
-    if int(np.prod(kernel)) > 64:  # the window weights 2^(taps - 1 - position) stay far inside float32's range
-        return None
-    if any(_spatial(ctx, "pads", [0] * (2 * nd))) or any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
-        return None
-    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-        return None
-    return kernel if all(size % k == 0 for size, k in zip(dims[2:], kernel)) else None
-
-
-def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
-    """dx = upsampled g where x is its window's first maximum, for windows that tile x; no Indices needed.
-
-    On a (N*C, 1, *spatial) view of x, y and g: with one channel ONNX Runtime's NCHWc layout transformer
-    leaves the mask's MaxPool and Resizes alone (its Reorder copies cost more than the ops themselves).
-    weight = 2^(taps - 1 - row-major position in the window) where x == upsampled y, else 0;
-    first = upsampled MaxPool(weight): the weight of the window's first maximum (PyTorch's tie rule),
-    exact since powers of two are; dx = upsampled g * (weight == first and x == upsampled y), a window
-    without a maximum equal to y (NaN) getting no gradient. Arithmetic, not ``Where``: ONNX Runtime's
-    CPU ``Where`` costs several times a ``Mul`` over the same elements (probes/maxpool_quarters.py).
-    The price: an inf or NaN cotangent spreads NaN over its window's other positions (0 * inf), where
-    PyTorch gives 0; a training step with such a cotangent is refused by the finiteness check anyway.
-    """
-    dims = static_dims(x)
-    x_sp = dims[2:]
-    out_sp = [size // k for size, k in zip(x_sp, kernel)]  # the windows tile x
-    taps = int(np.prod(kernel))
-    within = np.ravel_multi_index(np.meshgrid(*[np.arange(size) % k for size, k in zip(x_sp, kernel)],
-                                              indexing="ij"), kernel)
-    weights = ctx.e.const((2.0 ** (taps - 1 - within)).astype(np.float32)[None, None])
-    scales = ctx.e.const(np.asarray([1, 1, *kernel], dtype=np.float32))
-    nearest = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
-
-    def upsampled_view(value):
-        return ctx.op("Resize", [ctx.op("Reshape", [value, ctx.e.ints([-1, 1, *out_sp])]), None, scales], nearest)
-    is_max = ctx.op("Equal", [ctx.op("Reshape", [x, ctx.e.ints([-1, 1, *x_sp])]), upsampled_view(ctx.outputs[0])])
-    weight = ctx.op("Mul", [ctx.op("Cast", [is_max], {"to": ir.DataType.FLOAT}), weights])
-    first = ctx.op("Resize", [ctx.op("MaxPool", [weight], {"kernel_shape": kernel, "strides": kernel}), None, scales],
-                   nearest)
-    chosen = ctx.op("And", [ctx.op("Equal", [weight, first]), is_max])
-    dx = ctx.op("Mul", [ctx.op("Cast", [chosen], {"to": ir.DataType.FLOAT}), upsampled_view(ctx.g)])
-    return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
-
-
-@register_vjp("MaxPool")
-def max_pool_vjp(ctx: VJPContext):
-    """MaxPool(x) -> (y, indices);  dx = g routed to each window's argmax (the first maximum on ties).
-
-    Three lowerings, by measurement (benchmarks/probes/maxpool_grad_lowerings.py):
-    - windows that tile a small float32 input (stride = kernel, <= MASK_MAX_ELEMENTS_PER_SAMPLE
-      elements per sample: LeNet's pools): a mask of the first maximum, ``_max_pool_mask_vjp``; the
-      forward then needs no Indices output;
-    - other disjoint windows (stride >= kernel, float32, no pads, windows reaching x's end exactly):
-      dx = MaxUnpool(g, indices) onto x's shape, one op;
-    - otherwise dx = zeros(x) scatter-added with g at the indices (two overlapping windows that pick the
-      same element add their cotangents, as in PyTorch).
-    ONNX Runtime, like PyTorch, picks the first maximum of a window on ties.
-    """
-    x = ctx.inputs[0]
-    if ctx.attr("storage_order", 0):
-        raise NotImplementedError("the gradient of MaxPool with storage_order=1 (column-major indices)")
-    nd = len(_spatial(ctx, "kernel_shape", []))
-    if nd > 2 and any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
-        # ONNX's node tests maxpool_3d_dilations give a gradient off by ~0.6 through the Indices: refuse
-        # rather than answer wrongly (2-D dilations agree with finite differences).
-        raise NotImplementedError("the gradient of MaxPool with dilations in 3 or more spatial dims")
-    kernel = _mask_pool_kernel(ctx, x, nd)
-    if kernel is not None:
-        return [_max_pool_mask_vjp(ctx, x, kernel)]
-    if len(ctx.outputs) > 1:
-        indices = ctx.outputs[1]
-    else:  # an imported model whose MaxPool dropped Indices: pool again, with indices
-        attrs = {k: v.value for k, v in ctx.node.attributes.items()}
-        indices = ctx.op("MaxPool", [x], attrs, num_outputs=2)[1]
-    # MaxUnpool only where its default output size is x's (no pads, no partial or ignored trailing windows):
-    # onnx.reference's MaxUnpool (an oracle of the tests) writes out of bounds otherwise, though ONNX
-    # Runtime honours output_shape. ONNX Runtime's CPU MaxUnpool is float32 only: other dtypes scatter.
-    plain = not any(_spatial(ctx, "pads", [0] * (2 * nd))) and not ctx.attr("ceil_mode", 0) and \
-        ctx.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID") and _unpool_fits(ctx, x, nd)
-    if plain and _windows_disjoint(ctx, nd) and x.dtype == ir.DataType.FLOAT:
-        attrs = {"kernel_shape": _spatial(ctx, "kernel_shape", []), "strides": _spatial(ctx, "strides", [1] * nd)}
-        return [ctx.op("MaxUnpool", [ctx.g, indices, ctx.op("Shape", [x])], attrs)]
-    flat_g = ctx.op("Reshape", [ctx.g, ctx.e.ints([-1])])
-    flat_i = ctx.op("Reshape", [indices, ctx.e.ints([-1])])
-    zero = ctx.op("Reshape", [zeros_like(ctx, x), ctx.e.ints([-1])])  # not x * 0: inf * 0 is NaN
-    dx = ctx.op("ScatterElements", [zero, flat_i, flat_g], {"axis": 0, "reduction": "add"})
-    return [ctx.op("Reshape", [dx, ctx.op("Shape", [x])])]
-
-
-def _avg_divisors(size, out, kernel, stride, pad, count_include_pad) -> np.ndarray:
-    """PyTorch's per-window divisor along one axis (windows clipped to the padded input, then to the input)."""
-    divisors = []
-    for o in range(out):
-        start = o * stride - pad
-        end = min(start + kernel, size + pad)
-        span = end - start
-        if not count_include_pad:
-            span = min(end, size) - max(start, 0)
-        divisors.append(span)
-    return np.asarray(divisors, dtype=np.float64)
-
-
-@register_vjp("AveragePool")
-def average_pool_vjp(ctx: VJPContext):
-    """AveragePool(x) -> y;  dx = ConvTranspose(g / divisor, ones depthwise kernel).
-
-    The divisor map follows PyTorch's rules for padding, count_include_pad and
-    ceil_mode; it is computed at build time from the static spatial dims.
-    """
-    x = ctx.inputs[0]
-    channels = static_dims(x)[1]
-    if not isinstance(channels, int):
-        raise NotImplementedError("the gradient of AveragePool needs a static channel count")
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1, 1])
-    pads = _spatial(ctx, "pads", [0, 0, 0, 0])
-    include = ctx.attr("count_include_pad", 0)
-    if any(d != 1 for d in _spatial(ctx, "dilations", [1, 1])) or \
-            ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        raise NotImplementedError("the gradient of AveragePool with dilations or auto_pad is not implemented")
-    x_hw = _static_hw(ctx, x, "AveragePool")
-    out_hw = _static_hw(ctx, ctx.outputs[0], "AveragePool")
-    rows = _avg_divisors(x_hw[0], out_hw[0], kernel[0], strides[0], pads[0], include)
-    cols = _avg_divisors(x_hw[1], out_hw[1], kernel[1], strides[1], pads[1], include)
-    inverse = (1.0 / np.outer(rows, cols)).astype(x.dtype.numpy())[None, None]
-    scaled = ctx.op("Mul", [ctx.g, ctx.e.const(inverse)])
-    ones = ctx.e.const(np.ones((channels, 1, kernel[0], kernel[1]), dtype=x.dtype.numpy()))
-    return [_conv_transpose(ctx, scaled, ones, x_hw, out_hw, kernel, strides, [1, 1], pads, channels)]
 
 
 @register_vjp("BatchNormalization")
