@@ -44,6 +44,10 @@ from runtime.checkpoint import (
 )
 from runtime.training_session import NonFiniteLossError, TrainingSession
 
+# Checkpoint arrays named so hold the optimizer slots of a parameter frozen after it trained (kept aside
+# until it trains again, as torch.optim keeps them): without them a resumed run would restart them at zero.
+PARKED_PREFIX = "parked:"
+
 __all__ = ["Trainer", "NonFiniteLossError", "CheckpointError"]
 
 
@@ -155,6 +159,7 @@ class Trainer:
             session.skipped_steps = old.skipped_steps
             self._parked = unused
         self.step_model, self.session, self._flat_layouts = step_model, session, step.flat_layouts
+        self._frozen_names = list(frozen)
         self._built_for = requires_grad_version()
         self.metric_names = step.extra_outputs + ([GRAD_NORM] if args["max_grad_norm"] is not None else [])
         live = _LiveParameters(self.session, {**names, **state_names})
@@ -312,6 +317,7 @@ class Trainer:
         loader = loader if loader is not None else self._loader
         resumable = hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict")
         arrays = {name: self.session.read(name) for name in self.session.state_names()}
+        arrays.update({PARKED_PREFIX + name: array for name, array in self._parked.items()})
         metadata = {
             "steps_done": self.steps_done,
             "lr": float(self.optimizer.lr),
@@ -338,7 +344,14 @@ class Trainer:
         for name in self.session.state_names():
             current = self.session.read(name)
             expected[name] = (current.dtype, current.shape)
-        arrays, metadata = load_checkpoint(path, expected=expected)  # names/shapes checked before decompressing
+        try:  # names/shapes checked before decompressing
+            arrays, metadata = load_checkpoint(path, expected=expected, optional=self._parkable_slots())
+        except CheckpointError as exc:
+            if PARKED_PREFIX not in str(exc):
+                raise
+            raise CheckpointError(f"{exc} ('{PARKED_PREFIX}' arrays are the optimizer slots of parameters that "
+                                  f"were frozen when it was saved: freeze the same parameters before loading "
+                                  f"it)") from None
         meta = check_training_metadata(path, metadata)
         check_optimizer(path, meta["optimizer"], self.optimizer.config.kind, self.optimizer.hparams)
         if STEP in arrays and int(arrays[STEP]) != meta["steps_done"]:
@@ -360,8 +373,11 @@ class Trainer:
             except (ValueError, TypeError, KeyError) as exc:
                 raise CheckpointError(f"checkpoint {str(path)!r}: the data position does not fit this loader: "
                                       f"{exc}") from None
+        parked = {name[len(PARKED_PREFIX):]: array for name, array in arrays.items() if name.startswith(PARKED_PREFIX)}
         for name, array in arrays.items():
-            self.session.write(name, array)
+            if not name.startswith(PARKED_PREFIX):
+                self.session.write(name, array)
+        self._parked = parked  # exactly the file's: slots it does not hold start from zero again, as torch's
         if STEP not in arrays:  # no optimizer slot counts steps (plain SGD): the host count is the step
             self.session.steps = meta["steps_done"]
         self.optimizer.lr = meta["lr"]
@@ -370,6 +386,16 @@ class Trainer:
         for scheduler, state in zip(schedulers, meta["schedulers"]):
             scheduler.load_state_dict(state)
         mark_values_changed()  # compiled Programs take the restored parameters at their next run
+
+    def _parkable_slots(self) -> dict[str, tuple]:
+        """``{checkpoint name: (dtype, shape)}`` of every optimizer slot a frozen parameter may hold aside."""
+        config = self.optimizer.config
+        slots = config.spec.slots(config.hparams)
+        out = {}
+        for name in self._frozen_names:
+            value = self.session.read(name)
+            out.update({f"{PARKED_PREFIX}{name}.{slot}": (value.dtype, value.shape) for slot in slots})
+        return out
 
     # ---- export -----------------------------------------------------------
     def training_model(self) -> onnx.ModelProto:

@@ -97,12 +97,14 @@ def save_checkpoint(path, arrays: Mapping[str, np.ndarray], metadata: Mapping | 
         raise CheckpointError(f"cannot write checkpoint {path!r}: {exc}") from None
 
 
-def load_checkpoint(path, expected: Mapping[str, tuple] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def load_checkpoint(path, expected: Mapping[str, tuple] | None = None,
+                    optional: Mapping[str, tuple] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Read and fully verify a checkpoint; returns (arrays, metadata) or raises CheckpointError.
 
     ``expected`` ({name: (dtype, shape)}) is what the caller will accept: the names, dtypes and shapes
     are compared with the manifest before any array is read, so a checkpoint of another model (or a
-    crafted one) is refused without decompressing anything.
+    crafted one) is refused without decompressing anything. ``optional`` (same form) names arrays the
+    file may hold or not (a frozen parameter's optimizer slots); those it holds are checked alike.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -112,7 +114,7 @@ def load_checkpoint(path, expected: Mapping[str, tuple] | None = None) -> tuple[
             manifest = _read_manifest(path, archive)
             entries = _check_entries(path, manifest["arrays"])
             if expected is not None:
-                _compare_expected(path, entries, expected)
+                _compare_expected(path, entries, expected, optional or {})
             sizes = {name: _check_member_size(path, archive, name, entry) for name, entry in entries.items()}
             arrays = {name: _read_member(path, archive, name, entry, sizes[name]) for name, entry in entries.items()}
     except CheckpointError:
@@ -166,12 +168,13 @@ def _check_entries(path: str, arrays: dict) -> dict[str, tuple[np.dtype, tuple, 
     return entries
 
 
-def _compare_expected(path: str, entries: dict, expected: Mapping[str, tuple]) -> None:
+def _compare_expected(path: str, entries: dict, expected: Mapping[str, tuple], optional: Mapping[str, tuple]) -> None:
     missing = sorted(set(expected) - set(entries))
-    unexpected = sorted(set(entries) - set(expected))
+    unexpected = sorted(set(entries) - set(expected) - set(optional))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path!r} does not fit: missing {missing}, unexpected {unexpected}")
-    for name, (dtype, shape) in expected.items():
+    present = {name: optional[name] for name in entries if name in optional and name not in expected}
+    for name, (dtype, shape) in {**expected, **present}.items():
         saved_dtype, saved_shape = entries[name][:2]
         if saved_dtype != np.dtype(dtype) or saved_shape != tuple(shape):
             raise CheckpointError(f"checkpoint {path!r}: {name!r} is {saved_dtype} {saved_shape}, expected "

@@ -124,3 +124,69 @@ def test_optimizer_over_another_models_parameters_is_refused():
     y = gc.input("y", ("batch",), "int64")
     with pytest.raises(gc.GraphcError, match="none of the 4 parameters of the optimizer reach the loss"):
         gc.Trainer(F.cross_entropy(model(x), y), gc.optim.SGD(other.parameters(), lr=0.1), [x, y])
+
+
+def test_checkpoint_keeps_a_frozen_parameters_optimizer_slots(tmp_path):
+    """A frozen parameter's momentum is saved with the checkpoint and restored: unfrozen after resuming,
+    it continues as in the run that never stopped, and as torch's (which keeps per-parameter state)."""
+    model, reference = _pair()
+    trainer = _build(model, gc.optim.SGD, lr=0.1, momentum=0.9)
+    torch_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    batches = _batches(8)
+    for index, (xb, yb) in enumerate(batches[:5]):
+        if index == 3:
+            model.fc1.weight.requires_grad = False
+            reference[0].weight.requires_grad = False
+        trainer.step({"x": xb, "y": yb})
+        _torch_step(reference, torch_opt, xb, yb)
+    path = tmp_path / "frozen.ckpt"
+    trainer.save_checkpoint(path)
+
+    gc.manual_seed(123)  # other initial values: everything must come from the checkpoint
+    resumed_model = MLP()
+    resumed_model.fc1.weight.requires_grad = False
+    resumed = _build(resumed_model, gc.optim.SGD, lr=0.1, momentum=0.9)
+    resumed.load_checkpoint(path)
+    for m in (model, resumed_model):
+        m.fc1.weight.requires_grad = True
+    reference[0].weight.requires_grad = True
+    for xb, yb in batches[5:]:
+        loss = trainer.step({"x": xb, "y": yb})
+        np.testing.assert_allclose(resumed.step({"x": xb, "y": yb}), loss, rtol=1e-6)
+        _torch_step(reference, torch_opt, xb, yb)
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(resumed_model.state_dict()[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+    _assert_same(resumed_model, reference)
+
+
+def test_checkpoint_parked_slots_are_checked(tmp_path):
+    model, _ = _pair()
+    trainer = _build(model, gc.optim.SGD, lr=0.1, momentum=0.9)
+    xb, yb = _batches(1)[0]
+    trainer.step({"x": xb, "y": yb})
+    model.fc1.weight.requires_grad = False
+    trainer.step({"x": xb, "y": yb})
+    path = tmp_path / "frozen.ckpt"
+    trainer.save_checkpoint(path)
+    # A trainer that trains fc1.weight has no place for the slot kept aside: refused, nothing changed.
+    other_model, _ = _pair()
+    other = _build(other_model, gc.optim.SGD, lr=0.1, momentum=0.9)
+    before = other_model.fc1.weight.data.copy()
+    with pytest.raises(gc.CheckpointError, match=r"unexpected \['parked:fc1.weight.momentum_buffer'\].*"
+                                                 r"freeze the same parameters"):
+        other.load_checkpoint(path)
+    np.testing.assert_array_equal(other_model.fc1.weight.data, before)
+    # The same freezing loads it, and a checkpoint without parked slots clears those held aside.
+    other_model.fc1.weight.requires_grad = False
+    other.load_checkpoint(path)
+    assert set(other._parked) == {"fc1.weight.momentum_buffer"}
+    np.testing.assert_array_equal(other._parked["fc1.weight.momentum_buffer"],
+                                  trainer._parked["fc1.weight.momentum_buffer"])
+    fresh_model, _ = _pair()
+    fresh_model.fc1.weight.requires_grad = False
+    fresh = _build(fresh_model, gc.optim.SGD, lr=0.1, momentum=0.9)
+    fresh.step({"x": xb, "y": yb})
+    plain = tmp_path / "plain.ckpt"
+    fresh.save_checkpoint(plain)
+    other.load_checkpoint(plain)
+    assert other._parked == {}
