@@ -43,7 +43,7 @@ from passes.names import (
 from runtime.input_files import input_specs
 from runtime.mpi import DistributedError, LocalWorld
 from runtime.run_errors import run_session
-from runtime.training_session import NonFiniteLossError, _Adopted, _FastFeedCheck, create_session
+from runtime.training_session import LEAN_SESSION_NODES, NonFiniteLossError, _Adopted, _FastFeedCheck, create_session
 
 _RANK_MIX = 0x9E3779B97F4A7C15  # spreads rank r's random key far from rank 0's (splitmix64's increment)
 
@@ -61,8 +61,12 @@ class DistributedSession:
         self.provider, self.nan_policy = provider, nan_policy
         self.skipped_steps = 0
         self._grad_model, self._update_model = grad_model, update_model
-        self.grad_session = create_session(grad_model, provider, threads)
-        self.update_session = create_session(update_model, provider, threads)
+        # Very large steps (long unrolled recurrences) get lean options, as TrainingSession's (see there);
+        # the batch dims stay symbolic here: the ranks' gradient session takes every batch size.
+        self.grad_session = create_session(grad_model, provider, threads,
+                                           lean=len(grad_model.graph.node) > LEAN_SESSION_NODES)
+        self.update_session = create_session(update_model, provider, threads,
+                                             lean=len(update_model.graph.node) > LEAN_SESSION_NODES)
         self._grad_outputs = [o.name for o in self.grad_session.get_outputs()]
         self._update_outputs = [o.name for o in self.update_session.get_outputs()]
         self._grad_pairs = [tuple(p) for p in _meta(grad_model, STATE_PAIRS_KEY)]
