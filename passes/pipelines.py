@@ -23,6 +23,7 @@ from onnx_ir.passes.common import (
 )
 
 from passes.autodiff.autodiff_pass import AutodiffPass
+from passes.conv_from_patches import ConvFromPatchesPass
 from passes.export.pipeline import PassReport, export_passes
 from passes.fuse_gradient_sums import FuseGradientSumsPass
 from passes.lower_differentiated_recurrent import LowerDifferentiatedRecurrentPass
@@ -92,12 +93,15 @@ def training_step_pipeline(step_pass: TrainingStepPass) -> Pipeline:
 
     The forward's ``MaxPool(Relu(x))`` are swapped to ``Relu(MaxPool(x))`` first (exact in value and
     gradient; a smaller ReLU and ReLU mask: ``passes/pool_before_relu.py``), and MaxPools run on a
-    one-channel view, out of ONNX Runtime's NCHWc reorders (``passes/pool_channel_view.py``).
+    one-channel view, out of ONNX Runtime's NCHWc reorders (``passes/pool_channel_view.py``). After the
+    step, a forward Conv whose weight gradient built batch-last patches is computed from them
+    (``passes/conv_from_patches.py``; the cleanup's topological sort puts it back in order).
     """
     return Pipeline(("lower-recurrent", LowerDifferentiatedRecurrentPass(step_pass.loss, step_pass.trainable)),
                     ("pool-before-relu", PoolBeforeReluPass()),
                     ("pool-on-channel-view", PoolOnChannelViewPass()),
-                    ("training-step", step_pass)) + cleanup_pipeline()
+                    ("training-step", step_pass),
+                    ("conv-from-patches", ConvFromPatchesPass())) + cleanup_pipeline()
 
 
 def inference_pipeline() -> Pipeline:

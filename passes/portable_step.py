@@ -96,6 +96,9 @@ def _derive_key(seed: ir.Value, step: ir.Value) -> tuple[list[ir.Node], ir.Value
     def op(op_type, inputs, attrs=None, dtype=ir.DataType.UINT64):
         node = ir.Node("", op_type, inputs, ir.convenience.convert_attributes(attrs or {}),
                        name=f"portable_key/{op_type}_{len(nodes)}")
+        # Named here: a name the graph would assign (val_N) knows nothing of the subgraphs' names (an If
+        # branch of the step may hold a val_N too, and ONNX wants every name once in the whole model).
+        node.outputs[0].name = node.name
         node.outputs[0].type, node.outputs[0].shape = ir.TensorType(dtype), ir.Shape([])
         nodes.append(node)
         return node.outputs[0]

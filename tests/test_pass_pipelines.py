@@ -42,7 +42,7 @@ def test_training_step_pipeline_runs_lowering_step_and_cleanup_and_updates_like_
     pipeline = pipelines.training_step_pipeline(step_pass)
     model = pipeline(forward).model
     assert [r.name for r in pipeline.reports] == ["lower-recurrent", "pool-before-relu", "pool-on-channel-view",
-                                                      "training-step", *CLEANUP]
+                                                      "training-step", "conv-from-patches", *CLEANUP]
     assert not any(r.modified for r in pipeline.reports[:3]) and pipeline.reports[3].modified
     assert pipeline.reports[3].nodes_after > pipeline.reports[3].nodes_before
     rng = np.random.default_rng(1)

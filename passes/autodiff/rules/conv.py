@@ -13,6 +13,10 @@ Lowerings were chosen by measurement on ONNX Runtime CPU, batch 64 (docs/perform
   built in row chunks that stay in cache where they are large (LeNet's conv1: the step 1.08x faster).
   Patches larger than PATCHES_CHUNK_ABOVE per sample (the padded CNN's conv2) are made and multiplied per
   chunk of 8 samples (``_patches_batch_chunks``: the dw 0.85x, the whole step ~0.96x at 1 thread, issue 11).
+  Small shifted-Gemm layers (LeNet's conv2) take x's patches in the batch-last layout by one Gather and one
+  Gemm instead (``_weight_grad_by_batch_last_patches``, recorded for ``passes/conv_from_patches.py``), and
+  samples with a 4 KB-multiple stride go batch-last in two Transposes (``_batch_last``): together the LeNet
+  step ~0.95x its CPU time at 1 thread (probes/step_ab_interleaved.py, issue 11).
 - Conv input gradient: ConvTranspose; a Conv with the flipped kernel is no faster (4.4 vs 4.4 ms on
   32->64 3x3, 1.4 vs 0.6 ms on LeNet's 6->16 5x5; probes/conv_dx_lowerings.py).
 """
@@ -99,6 +103,8 @@ def _conv_weight_grad(ctx: VJPContext, x, g, w, strides, dilations, pads, group)
     if weight_grad_lowering(out_c, taps, group) == "transposed_batch":
         padded = _padded_input_size(x, g, kernel, pads)
         if padded is not None and _shifted_gemm_fits(kernel, strides, dilations):
+            if _batch_last_patches_fit(out_c, in_per_group, kernel, padded):
+                return _weight_grad_by_batch_last_patches(ctx, x, g, out_c, in_per_group, kernel, pads, padded)
             return _weight_grad_by_shifted_gemm(ctx, x, g, out_c, in_per_group, kernel, pads, padded)
         return _weight_grad_by_transposed_batch(ctx, x, g, kernel, strides, dilations, pads)
     channels = in_per_group * group
@@ -240,6 +246,81 @@ def _padded_input_size(x, g, kernel, pads) -> list[int] | None:
     return None
 
 
+def _batch_last(ctx: VJPContext, value):
+    """(N, C, H, W) -> (C, H, W, N), the layout whose copies run N floats long.
+
+    ONNX Runtime's Transpose reads the batch axis with a stride of one sample; where that stride is a
+    multiple of 4 KB every read of a column lands in the same cache set and the copy runs ~4x slower
+    (probes/conv_dw_patch_gather.py: LeNet's input, 3 * 32 * 32 floats, 0.15 ms against 0.035 for a
+    sample of 3168 floats). There the transpose goes in two steps that each copy runs of W or N floats.
+    """
+    dims = static_dims(value)
+    sample = int(np.prod(dims[1:])) if dims is not None and all(isinstance(d, int) for d in dims[1:]) else 0
+    if not sample or (sample * int(value.dtype.itemsize)) % 4096:
+        return ctx.op("Transpose", [value], {"perm": [1, 2, 3, 0]})
+    _, channels, height, width = dims
+    rows = ctx.op("Transpose", [value], {"perm": [1, 2, 0, 3]})  # (C, H, N, W): runs of W floats
+    rows = ctx.op("Reshape", [rows, ctx.e.ints([channels * height, -1, width])])
+    swapped = ctx.op("Transpose", [rows], {"perm": [0, 2, 1]})  # one (N, W) -> (W, N) per row, in cache
+    return ctx.op("Reshape", [swapped, ctx.e.ints([channels, height, width, -1])])
+
+
+def _padded_batch_last(ctx: VJPContext, x, pads):
+    """x (N, C, H, W) as (C, Hp, Wp, N), zero-padded by the Conv's pads."""
+    xt = _batch_last(ctx, x)
+    if any(pads):
+        xt = ctx.op("Pad", [xt, ctx.e.ints([0, pads[0], pads[1], 0, 0, pads[2], pads[3], 0])])
+    return xt
+
+
+def _batch_last_patches_fit(out_c, channels, kernel, padded) -> bool:
+    """Whether ``_weight_grad_by_batch_last_patches`` copies no more values than the shifted Gemm and
+    fits one piece (SHIFTED_CHUNK_ABOVE per sample): LeNet's conv2 (C*k*k*H' = 1500 rows of W' against
+    (C*kw + O*kh)*Hp = 1540), not its conv1 (2100 against 1440)."""
+    kh, kw = kernel
+    hp, wp = padded
+    patch_rows = channels * kh * kw * (hp - kh + 1)
+    return patch_rows <= (channels * kw + out_c * kh) * hp and 4 * patch_rows * (wp - kw + 1) <= SHIFTED_CHUNK_ABOVE
+
+
+# Where the batch-last patches rule ran for a Conv, it records the patches (C*kh*kw, H'*W'*N) on the forward
+# Conv node (``node.meta``, in memory): ``passes/conv_from_patches.py`` then computes that Conv as a Gemm on
+# them instead of a second im2col in ONNX Runtime's Conv.
+PATCHES_META_KEY = "graphc.conv.batch_last_patches"
+
+
+def _weight_grad_by_batch_last_patches(ctx: VJPContext, x, g, out_c, channels, kernel, pads, padded):
+    """dw of a 2-D stride-1 ungrouped Conv as one Gemm of x's batch-last patches with g.
+
+    xp = x padded, laid out (C, Hp*Wp, N); ONE Gather with indices (p + i)*Wp + q + j makes the patches
+    P[(c, i, j), (p, q, n)] = xp[c, p + i, q + j, n] in runs of N floats, and with gt = g as (O, H'*W'*N),
+    Gemm(P, gt; transB=1) = [(c, i, j), o] = dw transposed. The exact contraction (N*H'*W' terms, where the
+    shifted Gemm sums Hp/H' times as many) and no padded copy of g; it copies C*kh*kw*H'*W' values per
+    sample against (C*kw + O*kh)*Hp*W' for the shifted Gemm, so it is taken where that is no more
+    (``_batch_last_patches_fit``: LeNet's conv2, 0.58 against 0.61-0.66 ms at 1 thread,
+    probes/conv_dw_patch_gather.py; in the whole LeNet step ~0.96x its CPU time at 1 thread,
+    probes/step_ab_interleaved.py, issue 11). The patches (the large operand) are Gemm's A, read in place;
+    MLAS packs only B, here g's 16 rows.
+    """
+    kh, kw = kernel
+    hp, wp = padded
+    out_h, out_w = hp - kh + 1, wp - kw + 1
+    i, j = np.divmod(np.arange(kh * kw), kw)
+    rows, columns = i[:, None, None] + np.arange(out_h)[None, :, None], j[:, None, None] + np.arange(out_w)[None, None, :]
+    index = rows * wp + columns  # [(i, j), p, q] -> (p + i) * Wp + q + j
+    xr = ctx.op("Reshape", [_padded_batch_last(ctx, x, pads), ctx.e.ints([channels, hp * wp, -1])])
+    patches = ctx.op("Gather", [xr, ctx.e.const(index.astype(np.int64))], {"axis": 1})
+    patches = ctx.op("Reshape", [patches, ctx.e.ints([channels * kh * kw, -1])])
+    if ctx.node.op_type == "Conv" and x is ctx.inputs[0]:  # the forward Conv may reuse them (see the key)
+        ctx.node.meta[PATCHES_META_KEY] = patches
+    gt = ctx.op("Reshape", [_batch_last(ctx, g), ctx.e.ints([out_c, -1])])
+    product = ctx.op("Gemm", [patches, gt], {"transB": 1})
+    # Reshaped to (C, kh, kw, O) before its Transpose: a Transpose right after a Gemm is folded by ONNX
+    # Runtime into Gemm(gt, patches), which packs the large patches as B (0.40 against 0.29 ms).
+    product = ctx.op("Reshape", [product, ctx.e.ints([channels, kh, kw, out_c])])
+    return ctx.op("Transpose", [product], {"perm": [3, 0, 1, 2]})
+
+
 # Row chunks of the shifted Gemm (probes/conv_dw_row_chunks.py, probes/lenet_step_layouts.py): operands
 # (gs + xs) above SHIFTED_CHUNK_ABOVE bytes per sample are cut into chunks of at most SHIFTED_CHUNK_BYTES per
 # sample, each Gathered and multiplied while it is still in the core's cache (~768 KB at batch 64). LeNet's
@@ -279,12 +360,9 @@ def _weight_grad_by_shifted_gemm(ctx: VJPContext, x, g, out_c, channels, kernel,
     kh, kw = kernel
     hp, wp = padded
     out_w = wp - kw + 1
-    xt = ctx.op("Transpose", [x], {"perm": [1, 2, 3, 0]})
-    if any(pads):
-        xt = ctx.op("Pad", [xt, ctx.e.ints([0, pads[0], pads[1], 0, 0, pads[2], pads[3], 0])])
     x_index = (np.arange(hp)[None, :, None] * wp + np.arange(out_w)[None, None, :] + np.arange(kw)[:, None, None])
-    xr = ctx.op("Reshape", [xt, ctx.e.ints([channels, hp * wp, -1])])
-    gt = ctx.op("Transpose", [g], {"perm": [1, 2, 3, 0]})
+    xr = ctx.op("Reshape", [_padded_batch_last(ctx, x, pads), ctx.e.ints([channels, hp * wp, -1])])
+    gt = _batch_last(ctx, g)
     gt = ctx.op("Pad", [gt, ctx.e.ints([0, kh - 1, 0, 0, 0, kh - 1, 0, 0])])
     g_index = kh - 1 - np.arange(kh)[:, None] + np.arange(hp)[None, :]
     products = []
