@@ -213,7 +213,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     """Batch normalisation over dim 1 of (N, C, ...), as ``torch.nn.functional.batch_norm``.
 
     Training: one ONNX BatchNormalization with ``training_mode=1`` (batch
-    statistics; its gradient is the closed-form rule in
+    statistics, read back from its momentum-0 running outputs; its gradient is the closed-form rule in
     ``passes/autodiff/rules/batch_norm_training.py``); returns
     ``(y, new_running_mean, new_running_var)`` with PyTorch's momentum update
     and unbiased variance (the caller stores them).
@@ -234,24 +234,20 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if all(isinstance(d, int) for d in dims) and int(np.prod(dims)) == 1:
         raise shape_error("batch_norm", f"expected more than 1 value per channel when training, got input "
                                         f"{ops.fmt(x.shape)} (as PyTorch)")
-    # The node's running inputs and outputs are not used: ONNX's running var is the biased one (PyTorch
-    # keeps the unbiased one), so the update is computed below from the same batch mean and variance
-    # that the gradient rule recomputes (the cleanup's CSE merges the two copies). ONNX Runtime's CPU
+    # momentum 0: the node's "running" outputs are this batch's mean and biased variance (ONNX:
+    # input * momentum + batch statistic * (1 - momentum)), so the running update below and the gradient
+    # rule read them instead of recomputing them (three passes over x fewer per layer). ONNX Runtime's CPU
     # kernel writes its running outputs into its running INPUTS in place (measured: a fed array, an
     # initializer, changed by the call), so those inputs are scratch values that nothing else reads.
     scratch = ops.mul(ops.reshape(_first_per_channel(x), -1), 0.0)
-    y, _, _ = emit("BatchNormalization", [x, ones, zeros, scratch, ops.add(scratch, 1.0)],
-                   {"epsilon": eps, "momentum": 1.0 - momentum, "training_mode": 1}, shape=x.shape, dtype=x.dtype,
-                   num_outputs=3, extra_outputs=[((channels,), x.dtype)] * 2)
+    y, batch_mean, batch_var = emit("BatchNormalization", [x, ones, zeros, scratch, ops.add(scratch, 1.0)],
+                                    {"epsilon": eps, "momentum": 0.0, "training_mode": 1}, shape=x.shape,
+                                    dtype=x.dtype, num_outputs=3, extra_outputs=[((channels,), x.dtype)] * 2)
     if running_mean is None:
         return y, None, None
-    mean = ops.reduce("ReduceMean", x, axes, keepdim=True)
-    centered = ops.sub(x, mean)
-    var = ops.reduce("ReduceMean", ops.mul(centered, centered), axes, keepdim=True)
     count = _count(x, axes)
-    batch_mean = ops.stop_gradient(ops.reshape(mean, channels))
-    batch_var = ops.stop_gradient(ops.reshape(var, channels))
-    unbiased = ops.mul(batch_var, ops.div(count, ops.sub(count, 1.0)))
+    batch_mean, batch_var = ops.stop_gradient(batch_mean), ops.stop_gradient(batch_var)
+    unbiased = ops.mul(batch_var, ops.div(count, ops.sub(count, 1.0)))  # PyTorch keeps the unbiased variance
     new_mean = ops.add(ops.mul(running_mean, 1.0 - momentum), ops.mul(batch_mean, float(momentum)))
     new_var = ops.add(ops.mul(running_var, 1.0 - momentum), ops.mul(unbiased, float(momentum)))
     return y, new_mean, new_var

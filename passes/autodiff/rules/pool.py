@@ -12,6 +12,8 @@ import onnx_ir as ir
 from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
 from passes.autodiff.rules.conv import _conv_transpose, _spatial, _static_hw
+from passes.autodiff.rules.scan import name_body_values
+from passes.emitter import Emitter
 
 
 def _windows_disjoint(ctx: VJPContext, nd: int) -> bool:
@@ -63,33 +65,81 @@ def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
 
     On a (N*C, 1, *spatial) view of x, y and g: with one channel ONNX Runtime's NCHWc layout transformer
     leaves the mask's MaxPool and Resizes alone (its Reorder copies cost more than the ops themselves).
-    weight = 2^(taps - 1 - row-major position in the window) where x == upsampled y, else 0;
-    first = upsampled MaxPool(weight): the weight of the window's first maximum (PyTorch's tie rule),
-    exact since powers of two are; dx = upsampled g * (weight == first and x == upsampled y), a window
-    without a maximum equal to y (NaN) getting no gradient. Arithmetic, not ``Where``: ONNX Runtime's
-    CPU ``Where`` costs several times a ``Mul`` over the same elements (probes/maxpool_quarters.py).
-    The price: an inf or NaN cotangent spreads NaN over its window's other positions (0 * inf), where
-    PyTorch gives 0; a training step with such a cotangent is refused by the finiteness check anyway.
+    maxima = (x == upsampled y) as 0/1. Where no window holds two maxima (``_has_tied_windows``), maxima
+    is the mask; otherwise an ``If`` builds it with PyTorch's first-maximum rule
+    (``_first_maximum_only``). Both give the same mask whenever the cheap one applies, so the choice is
+    exact; on continuous activations (the usual case: the CNN steps pool before the ReLU) it saves four
+    passes over the activation (the mask 0.66-0.70x its CPU time, probes/bn_pool_pass_variants.py). The
+    branches read only values that the ``If``'s condition depends on (maxima, is_max, the Resize scales),
+    so every walk of the graph through node inputs (extraction, sorting, cloning) meets them before
+    the ``If``. dx = mask * upsampled g; a window without a maximum equal to y (NaN) gets no gradient.
+    Arithmetic, not ``Where``: ONNX Runtime's CPU ``Where`` costs several times a ``Mul`` over the same
+    elements (probes/maxpool_quarters.py). The price: an inf or NaN cotangent spreads NaN over its
+    window's other positions (0 * inf), where PyTorch gives 0; a training step with such a cotangent is
+    refused by the finiteness check anyway.
     """
     dims = static_dims(x)
     x_sp = dims[2:]
     out_sp = [size // k for size, k in zip(x_sp, kernel)]  # the windows tile x
-    taps = int(np.prod(kernel))
+    scales = ctx.e.const(np.asarray([1, 1, *kernel], dtype=np.float32))
+
+    def upsampled(value):
+        return ctx.op("Resize", [value, None, scales], _NEAREST)
+    y_view = ctx.op("Reshape", [ctx.outputs[0], ctx.e.ints([-1, 1, *out_sp])])
+    is_max = ctx.op("Equal", [ctx.op("Reshape", [x, ctx.e.ints([-1, 1, *x_sp])]), upsampled(y_view)])
+    maxima = ctx.op("Cast", [is_max], {"to": ir.DataType.FLOAT})
+    first_only = _branch(f"{ctx.node.name}/first_maximum",
+                         lambda e: _first_maximum_only(e, is_max, maxima, _window_weights(x_sp, kernel), kernel,
+                                                       scales))
+    # Cast again, not Identity(maxima): optimizers drop Identities, and a branch may not return an
+    # outer value directly (ONNX Runtime refuses the model).
+    as_is = _branch(f"{ctx.node.name}/no_ties", lambda e: e.op("Cast", [is_max], {"to": ir.DataType.FLOAT}))
+    mask = ctx.op("If", [_has_tied_windows(ctx, maxima, y_view, len(x_sp))],
+                  {"then_branch": first_only, "else_branch": as_is}, dtype=ir.DataType.FLOAT)
+    dx = ctx.op("Mul", [mask, upsampled(ctx.op("Reshape", [ctx.g, ctx.e.ints([-1, 1, *out_sp])]))])
+    return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
+
+
+_NEAREST = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
+
+
+def _window_weights(x_sp, kernel) -> np.ndarray:
+    """2^(taps - 1 - row-major position in the window), tiled over a (1, 1, *x_sp) map."""
     within = np.ravel_multi_index(np.meshgrid(*[np.arange(size) % k for size, k in zip(x_sp, kernel)],
                                               indexing="ij"), kernel)
-    weights = ctx.e.const((2.0 ** (taps - 1 - within)).astype(np.float32)[None, None])
-    scales = ctx.e.const(np.asarray([1, 1, *kernel], dtype=np.float32))
-    nearest = {"mode": "nearest", "nearest_mode": "floor", "coordinate_transformation_mode": "asymmetric"}
+    return (2.0 ** (int(np.prod(kernel)) - 1 - within)).astype(np.float32)[None, None]
 
-    def upsampled_view(value):
-        return ctx.op("Resize", [ctx.op("Reshape", [value, ctx.e.ints([-1, 1, *out_sp])]), None, scales], nearest)
-    is_max = ctx.op("Equal", [ctx.op("Reshape", [x, ctx.e.ints([-1, 1, *x_sp])]), upsampled_view(ctx.outputs[0])])
-    weight = ctx.op("Mul", [ctx.op("Cast", [is_max], {"to": ir.DataType.FLOAT}), weights])
-    first = ctx.op("Resize", [ctx.op("MaxPool", [weight], {"kernel_shape": kernel, "strides": kernel}), None, scales],
-                   nearest)
-    chosen = ctx.op("And", [ctx.op("Equal", [weight, first]), is_max])
-    dx = ctx.op("Mul", [ctx.op("Cast", [chosen], {"to": ir.DataType.FLOAT}), upsampled_view(ctx.g)])
-    return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
+
+def _first_maximum_only(e: Emitter, is_max, maxima, weights: np.ndarray, kernel: list[int], scales):
+    """0/1 at each window's first maximum: weight = maxima * 2^(taps - 1 - position), first = the window's
+    largest weight (exact: powers of two), chosen = (weight == upsampled first) and is_max."""
+    weight = e.op("Mul", [maxima, e.const(weights)])
+    first = e.op("Resize", [e.op("MaxPool", [weight], {"kernel_shape": kernel, "strides": kernel}), None, scales],
+                 _NEAREST)
+    return e.op("Cast", [e.op("And", [e.op("Equal", [weight, first]), is_max])], {"to": ir.DataType.FLOAT})
+
+
+def _has_tied_windows(ctx: VJPContext, maxima, y_view, nd: int):
+    """Whether a window holds two or more maxima, as a bool scalar. Per row of the view, sum(maxima) is
+    the count of non-NaN windows (y == y) plus the extra maxima of tied windows: a NaN y equals nothing,
+    any other y equals at least its own element. Sums of 0/1 per row stay exact in float32."""
+    axes = ctx.e.ints(list(range(2, 2 + nd)))
+    per_row = ctx.op("ReduceSum", [maxima, axes], {"keepdims": 0})
+    windows = ctx.op("ReduceSum", [ctx.op("Cast", [ctx.op("Equal", [y_view, y_view])], {"to": ir.DataType.FLOAT}),
+                                   axes], {"keepdims": 0})
+    extra = ctx.op("ReduceMax", [ctx.op("Sub", [per_row, windows])], {"keepdims": 0})
+    return ctx.op("Greater", [extra, ctx.e.const(np.float32(0))])
+
+
+def _branch(name: str, build) -> ir.Graph:
+    """A one-output ``If`` branch of ``build(emitter)``'s nodes (they may read the enclosing graph's values),
+    its values named apart from every other graph's (ONNX forbids a subgraph to reuse an enclosing name)."""
+    e = Emitter(name)
+    out = build(e)
+    out.type = ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([], [out], nodes=e.nodes, name=name.replace("/", "_"))
+    name_body_values(graph, f"{name}/")
+    return graph
 
 
 @register_vjp("MaxPool")
