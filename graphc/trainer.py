@@ -29,6 +29,7 @@ from graphc.random import key_for_step
 from graphc.state import updates_computed_with
 from graphc import distributed
 from graphc.tensor import Tensor
+from passes.batch_norm_primitives import BatchNormTrainingToPrimitivesPass
 from passes.names import GRAD_CHECK, GRAD_NORM, LOSS, LR, PARAMETER_KEY, RNG_KEY, SEED, STEP
 from passes.portable_step import PortableStepPass, seed_value, state_model
 from passes.state_layout import per_parameter_state, regroup_state
@@ -125,6 +126,8 @@ class Trainer:
         forward = build_model(args["inputs"], {**outputs, **update_outputs}, doc_string="graphc training step",
                               allow_random=True)
         self._random = RNG_KEY in [v.name for v in forward.graph.inputs]
+        if self._session_args["provider"] != "cpu":  # GPU kernels' training-mode BatchNorm: see the pass
+            BatchNormTrainingToPrimitivesPass()(forward)
         names = self._graph_names(forward, optimizer.params)
         if not names:
             raise GraphcError(f"none of the {len(optimizer.params)} parameters of the optimizer reach the loss: "
