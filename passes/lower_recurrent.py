@@ -15,6 +15,9 @@ GRU ``z, r, h``):
 - a static sequence length is unrolled: one ``Split`` hands each step its slice
   of the projection, a step is ``Gemm`` + ``Split`` into gates + element-wise
   ops, one ``Concat`` stacks the step outputs;
+- a Slice that keeps one time step of an unrolled Y (a classifier's ``out[:, -1, :]``)
+  reads that step's output instead of the stacked Y, so the backward adds no zero step
+  gradients (``_read_steps_directly``);
 - a symbolic length becomes one ``Scan`` whose body takes the recurrent weights
   as loop-invariant state and also emits the state *before* each step, which
   the ``Scan`` VJP (``passes/autodiff/rules/scan.py``) replays.
@@ -479,11 +482,14 @@ def _x_time_major(x: ir.Value, layout: int) -> tuple[ir.Value, int]:
 
 
 def build_lowering(emitter: Emitter, node_op: str, inputs: Sequence[ir.Value | None], spec: _Spec,
-                   wanted: Sequence[bool], projection: Sequence[ir.Value] | None = None) -> list[ir.Value | None]:
+                   wanted: Sequence[bool], projection: Sequence[ir.Value] | None = None,
+                   step_outputs: list | None = None) -> list[ir.Value | None]:
     """The values of an ONNX recurrent node's outputs (Y, Y_h[, Y_c]) computed by primitive ops.
 
     ``wanted[k]`` says whether output k is used. ``projection``: per direction an
     (H_out, H) LSTM projection (graphc's ``proj_size``, which ONNX's op lacks).
+    ``step_outputs``: a list that receives, per direction, the step outputs (B, H) in
+    time order (unrolled) or None (Scan).
     """
     x, w_all, r_all = inputs[0], inputs[1], inputs[2]
     padded = list(inputs) + [None] * (8 - len(inputs))
@@ -516,7 +522,11 @@ def build_lowering(emitter: Emitter, node_op: str, inputs: Sequence[ir.Value | N
             outputs, final = _unrolled(b, spec, seq_x, time_axis, weights, state, spec.activations[d],
                                        spec.reverse[d])
             y = _stack_steps(b, outputs, spec.layout) if wanted[0] else None
+            if step_outputs is not None:
+                step_outputs.append(outputs)
         else:
+            if step_outputs is not None:
+                step_outputs.append(None)
             y, final = _scanned(b, spec, seq_x, time_axis, weights, state, spec.activations[d], spec.reverse[d])
             if wanted[0]:  # (T, B, H) or (B, T, H) in the scan's time axis; to the layout's Y
                 if time_axis != spec.layout:
@@ -545,6 +555,73 @@ def _stack_steps(b: _Builder, outputs: list, layout: int):
     return b.reshape(joined, [-1, steps, 1, hidden], (batch, steps, 1, hidden))
 
 
+# ---- reads of one time step of Y -----------------------------------------------------------
+# A classifier reads only the last step of Y (``out[:, -1, :]``: Squeeze, Transpose, Slice,
+# Squeeze in graphc's layers). Through the stacked Y its gradient is a zero-padded (B, T, H)
+# tensor, transposed and split back into T step gradients that the backward adds to each
+# step's recurrent gradient, T - 1 of them zeros. Such a Slice reads the step output itself.
+_LAYOUT_AXES = {0: "TDBH", 1: "BTDH"}  # Y's axes: time, direction, batch, hidden
+
+
+def _const_input(node: ir.Node, index: int, default: list[int] | None = None) -> list[int] | None:
+    """Input ``index`` as ints; ``default`` when the input is absent, None when it is not a constant."""
+    if len(node.inputs) <= index or node.inputs[index] is None:
+        return default
+    return _const_ints(node.inputs[index])
+
+
+def _single_step(node: ir.Node, axes: str, steps: int) -> int | None:
+    """The time step a Slice of ``axes``-ordered Y keeps when it keeps exactly one and cuts nothing else."""
+    starts, ends = _const_input(node, 1), _const_input(node, 2)
+    if starts is None or ends is None or len(starts) != 1:
+        return None
+    sliced, strides = _const_input(node, 3, [0]), _const_input(node, 4, [1])
+    if sliced is None or strides != [1] or sliced[0] % len(axes) != axes.index("T"):
+        return None
+    kept = range(steps)[slice(starts[0], ends[0])]  # ONNX's clamping of starts/ends is Python's
+    return kept[0] if len(kept) == 1 else None
+
+
+def _one_step_reads(value: ir.Value, axes: str, steps: int):
+    """Yield (Slice node, step, axes of its output) for the one-step Slices reached from Y through
+    Squeeze (not of the time axis) and Transpose."""
+    for node, _ in value.uses():
+        if node.domain not in ("", "ai.onnx") or node.inputs[0] is not value:
+            continue
+        if node.op_type == "Squeeze":
+            dropped = _const_input(node, 1)
+            if dropped is None or any(a % len(axes) == axes.index("T") for a in dropped):
+                continue
+            kept = "".join(a for i, a in enumerate(axes) if i not in {d % len(axes) for d in dropped})
+            yield from _one_step_reads(node.outputs[0], kept, steps)
+        elif node.op_type == "Transpose" and node.attributes.get("perm") is not None:
+            yield from _one_step_reads(node.outputs[0], "".join(axes[p] for p in node.attributes["perm"].value),
+                                       steps)
+        elif node.op_type == "Slice":
+            step = _single_step(node, axes, steps)
+            if step is not None and axes.replace("T", "") == "BH":  # direction axis squeezed, batch before hidden
+                yield node, step, axes
+
+
+def _read_steps_directly(y: ir.Value, outputs: list[ir.Value], layout: int, graph: ir.Graph | None) -> None:
+    """Point every one-step Slice of ``y`` at the step output itself (one Unsqueeze)."""
+    for node, step, axes in list(_one_step_reads(y, _LAYOUT_AXES[layout], len(outputs))):
+        if node.graph is not graph:  # a subgraph's Slice of an outer Y: left as it is
+            continue
+        emitter = Emitter(f"{node.name or 'Slice'}/step")
+        old = node.outputs[0]
+        value = emitter.op("Unsqueeze", [outputs[step], emitter.ints([axes.index("T")])])
+        value.type, value.shape = old.type, old.shape
+        is_output = graph is not None and old in graph.outputs
+        if graph is not None:
+            graph.insert_before(node, emitter.nodes)
+        ir.convenience.replace_all_uses_with(old, value, replace_graph_outputs=True)
+        if graph is not None:
+            graph.remove(node, safe=True)  # its shape-only producers are left to dead-node removal
+        if is_output:  # graph outputs keep their names
+            old.name, value.name = None, old.name
+
+
 def _is_wanted(value: ir.Value | None, graph_outputs) -> bool:
     return value is not None and (bool(value.uses()) or value in graph_outputs)
 
@@ -564,7 +641,8 @@ def lower_node(node: ir.Node) -> dict[ir.Value, ir.Value]:
     graph_outputs = list(graph.outputs) if graph is not None else []
     wanted = [_is_wanted(v, graph_outputs) for v in node.outputs]
     emitter = Emitter(f"{node.name or node.op_type}/lowered")
-    new = build_lowering(emitter, node.op_type, list(node.inputs), spec, wanted)
+    steps: list = []
+    new = build_lowering(emitter, node.op_type, list(node.inputs), spec, wanted, step_outputs=steps)
     if graph is not None:
         graph.insert_before(node, emitter.nodes)
     mapping = {}
@@ -577,6 +655,8 @@ def lower_node(node: ir.Node) -> dict[ir.Value, ir.Value]:
         mapping[old] = value
     if graph is not None:
         graph.remove(node, safe=True)
+    if new[0] is not None and len(steps) == 1 and steps[0] is not None:
+        _read_steps_directly(new[0], steps[0], spec.layout, graph)
     # A free-standing node stays as it is: values the user holds (``h_n`` of a layer) still read it.
     return mapping
 
