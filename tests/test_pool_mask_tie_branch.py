@@ -104,3 +104,37 @@ def test_compiled_gradient_of_a_pool_after_a_conv_matches_torch():
     tx = torch.tensor(xb, requires_grad=True)
     (torch.nn.functional.max_pool2d(tconv(tx), 2) ** 2).sum().backward()
     np.testing.assert_allclose(got, tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_window_of_minus_inf_and_tied_window_in_one_row_do_not_cancel(nd):
+    """ONNX Runtime's 1-D and 3-D MaxPool give an all -inf window the lowest float, which equals none of
+    its elements: the tie test counts per window, so that window cannot hide a tie next to it (an
+    imported model's 1-D or 3-D pool: graphc's builder makes 2-D ones)."""
+    import onnx
+    from onnx import TensorProto, helper
+    shape = [1, 1] + [2] * (nd - 1) + [6]
+    xb = np.full(shape, 0.25, np.float32)
+    row = xb.reshape(-1, 6)
+    row[:] = [-np.inf, -np.inf, 3.0, 3.0, 1.0, 2.0]  # the first window all -inf, the second tied
+    kernel = [1] * (nd - 1) + [2]
+    cot = np.arange(1, xb.size // 2 + 1, dtype=np.float32).reshape(shape[:-1] + [3])
+    nodes = [helper.make_node("MaxPool", ["x"], ["out"], kernel_shape=kernel, strides=kernel),
+             helper.make_node("Mul", ["out", "cot"], ["weighted"]),
+             helper.make_node("ReduceSum", ["weighted"], ["loss"], keepdims=0)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+                              [onnx.numpy_helper.from_array(cot, "cot")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    trained = gradient_pipeline("loss", ["x"])(ir.serde.deserialize_model(model)).model
+    assert "If" in [n.op_type for n in trained.graph]
+    proto = ir.serde.serialize_model(trained)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    dx = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": xb})))["x.grad"]
+    tx = torch.tensor(xb, requires_grad=True)
+    pool = {1: torch.nn.functional.max_pool1d, 2: torch.nn.functional.max_pool2d, 3: torch.nn.functional.max_pool3d}
+    (pool[nd](tx.reshape(shape[1:] if nd == 1 else shape), kernel).reshape(cot.shape) * torch.tensor(cot)).sum().backward()
+    want = tx.grad.numpy()
+    np.testing.assert_array_equal(dx.reshape(-1, 6)[:, 2:], want.reshape(-1, 6)[:, 2:])  # the tied window: first only
+    assert dx.reshape(-1, 6)[0, 2:4].tolist() == [cot.ravel()[1], 0.0]

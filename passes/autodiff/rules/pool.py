@@ -70,9 +70,8 @@ def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
     (``_first_maximum_only``). Both give the same mask whenever the cheap one applies, so the choice is
     exact; on continuous activations (the usual case: the CNN steps pool before the ReLU) it saves four
     passes over the activation (the mask 0.66-0.70x its CPU time, probes/bn_pool_pass_variants.py). The
-    branches read only values that the ``If``'s condition depends on (maxima, is_max, the Resize scales),
-    so every walk of the graph through node inputs (extraction, sorting, cloning) meets them before
-    the ``If``. dx = mask * upsampled g; a window without a maximum equal to y (NaN) gets no gradient.
+    branches read enclosing values (``passes/traversal.py``'s ``node_reads`` follows them). dx = mask *
+    upsampled g; a window without a maximum equal to y (NaN) gets no gradient.
     Arithmetic, not ``Where``: ONNX Runtime's CPU ``Where`` costs several times a ``Mul`` over the same
     elements (probes/maxpool_quarters.py). The price: an inf or NaN cotangent spreads NaN over its
     window's other positions (0 * inf), where PyTorch gives 0; a training step with such a cotangent is
@@ -94,7 +93,7 @@ def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
     # Cast again, not Identity(maxima): optimizers drop Identities, and a branch may not return an
     # outer value directly (ONNX Runtime refuses the model).
     as_is = _branch(f"{ctx.node.name}/no_ties", lambda e: e.op("Cast", [is_max], {"to": ir.DataType.FLOAT}))
-    mask = ctx.op("If", [_has_tied_windows(ctx, maxima, y_view, len(x_sp))],
+    mask = ctx.op("If", [_has_tied_windows(ctx, maxima, kernel)],
                   {"then_branch": first_only, "else_branch": as_is}, dtype=ir.DataType.FLOAT)
     dx = ctx.op("Mul", [mask, upsampled(ctx.op("Reshape", [ctx.g, ctx.e.ints([-1, 1, *out_sp])]))])
     return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
@@ -119,16 +118,15 @@ def _first_maximum_only(e: Emitter, is_max, maxima, weights: np.ndarray, kernel:
     return e.op("Cast", [e.op("And", [e.op("Equal", [weight, first]), is_max])], {"to": ir.DataType.FLOAT})
 
 
-def _has_tied_windows(ctx: VJPContext, maxima, y_view, nd: int):
-    """Whether a window holds two or more maxima, as a bool scalar. Per row of the view, sum(maxima) is
-    the count of non-NaN windows (y == y) plus the extra maxima of tied windows: a NaN y equals nothing,
-    any other y equals at least its own element. Sums of 0/1 per row stay exact in float32."""
-    axes = ctx.e.ints(list(range(2, 2 + nd)))
-    per_row = ctx.op("ReduceSum", [maxima, axes], {"keepdims": 0})
-    windows = ctx.op("ReduceSum", [ctx.op("Cast", [ctx.op("Equal", [y_view, y_view])], {"to": ir.DataType.FLOAT}),
-                                   axes], {"keepdims": 0})
-    extra = ctx.op("ReduceMax", [ctx.op("Sub", [per_row, windows])], {"keepdims": 0})
-    return ctx.op("Greater", [extra, ctx.e.const(np.float32(0))])
+def _has_tied_windows(ctx: VJPContext, maxima, kernel: list[int]):
+    """Whether a window holds two or more maxima, as a bool scalar: the largest per-window count of maxima
+    (an AveragePool of the 0/1 map, times the taps) above 1. Counted per window, whatever y is where a
+    window has no maximum equal to it (NaN; all -inf or all NaN pooled to the lowest float by ONNX
+    Runtime's 1-D and 3-D kernels): such a window counts 0 and cannot hide a tie elsewhere. The averages
+    are count / taps; the threshold 1.5 / taps lies between one and two maxima."""
+    counts = ctx.op("AveragePool", [maxima], {"kernel_shape": kernel, "strides": kernel})
+    taps = int(np.prod(kernel))
+    return ctx.op("Greater", [ctx.op("ReduceMax", [counts], {"keepdims": 0}), ctx.e.const(np.float32(1.5 / taps))])
 
 
 def _branch(name: str, build) -> ir.Graph:
