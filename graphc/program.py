@@ -16,6 +16,7 @@ from graphc.state import updates_computed_with
 from graphc.tensor import Tensor
 from passes.extract import extract_model, free_inputs
 from passes.names import RNG_KEY, SOURCE_KEY
+from passes.batch_norm_primitives import BatchNormTrainingToPrimitivesPass
 from passes.pipelines import inference_pipeline
 from runtime.atomic import atomic_save_external, atomic_write
 from runtime.input_files import check_feeds, input_specs
@@ -127,6 +128,8 @@ class Program:
 
     def _set_model(self, model: ir.Model) -> None:
         RemoveUnusedNodesPass()(model)  # also drops optional outputs nobody reads (MaxPool's Indices)
+        if self.provider != "cpu":  # GPU kernels' training-mode BatchNorm: see the pass
+            BatchNormTrainingToPrimitivesPass()(model)
         # the export pipeline (passes/export): what runs here is what save writes
         self.export_report = []
         if self._optimize:

@@ -7,14 +7,17 @@ kernels do not hold to that: versions refuse ``training_mode`` at opset >= 14 at
 cuDNN's training call tracks the *unbiased* variance and takes ``momentum`` the other way round (an open
 ONNX Runtime pull request, "Fix multiple CUDA BatchNorm bugs", lists both). Read back there, the
 statistics would silently be wrong, and with them the gradient. So for any provider but the CPU the
-Trainer runs this pass on the forward before autodiff: every training-mode node becomes
+Trainer runs this pass on the forward before autodiff, ``Trainer.training_model()`` (the portable step,
+for any binding) on the differentiated step, and ``gc.compile`` for a provider other than the CPU: every
+training-mode node becomes
 
     mean = ReduceMean(x, axes); c = x - mean; var = ReduceMean(c * c, axes)
     y = c * (scale * 1/sqrt(var + eps)) + b                      (per channel, broadcast)
     running_mean_out = input_mean * momentum + mean * (1 - momentum)   (ONNX's definition; the biased var)
 
-which every provider computes alike, and autodiff differentiates through the primitives (rules for
-each exist). The CPU keeps the single node: faster (docs/performance.md, "The padded CNN's BatchNorm").
+which every provider computes alike. Before autodiff, the gradient goes through the primitives (rules
+for each exist); after it, the backward keeps reading the node's outputs, now the primitives' values.
+The CPU's sessions keep the single node: faster (docs/performance.md, "The padded CNN's BatchNorm").
 
 Invariant: outputs keep their names, types and shapes; every other node is untouched; the graph stays
 topologically sorted (the new nodes take the old node's place).
@@ -30,17 +33,17 @@ class BatchNormTrainingToPrimitivesPass(ir.passes.InPlacePass):
     """Each ``BatchNormalization`` with ``training_mode=1`` becomes ReduceMean/Sub/Mul/Sqrt ops."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
         modified = False
-        for node in list(graph):
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):  # subgraphs' nodes too
             mode = node.attributes.get("training_mode")
             if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") \
                     or mode is None or mode.value != 1:
                 continue
             x = node.inputs[0]
-            if x.shape is None:
-                continue  # rank unknown: the node stays (the CPU-only form), as before this pass
-            self._replace(graph, node, len(x.shape))
+            if x.shape is None:  # the node would stay the CPU-only form: refuse rather than run it elsewhere
+                raise ValueError(f"BatchNormalization {node.name!r} in training mode: its input's rank is unknown, "
+                                 f"so it cannot be written as primitive ops (give the input a shape)")
+            self._replace(node.graph, node, len(x.shape))
             modified = True
         return ir.passes.PassResult(model, modified)
 

@@ -231,7 +231,10 @@ class TrainingStepPass(ir.passes.InPlacePass):
             norm.type, norm.shape = ir.TensorType(dtype), ir.Shape([])
             new_outputs.append(norm)
         if grads:
-            new_outputs.append(_finiteness_check(e, grads, dtype))
+            # The carried statistics too (BatchNorm's running mean and variance): a batch with one value per
+            # channel makes the unbiased variance NaN while the loss stays finite (PyTorch raises there).
+            statistics = [outputs[n] for n in state_updates.values() if outputs[n].dtype == dtype]
+            new_outputs.append(_finiteness_check(e, grads + statistics, dtype))
 
         next_step = e.op("Add", [step, e.const(np.asarray(1, dtype=np.int64))])
         next_step.name = STEP + UPDATED

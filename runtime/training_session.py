@@ -323,7 +323,8 @@ class TrainingSession:
             self.skipped_steps += 1
             return False
         what = f"the loss is {loss}" if not math.isfinite(loss) else \
-            f"the loss is finite ({loss}) but a gradient is not (NaN or infinite elements)"
+            f"the loss is finite ({loss}) but a gradient or a carried statistic is not (NaN or infinite " \
+            f"elements; a BatchNorm running variance is NaN for a batch with one value per channel)"
         raise NonFiniteLossError(
             f"{what} at step {steps + 1}; the update was not applied, parameters and optimizer "
             f"state keep their values from before this step (use nan_policy='skip' to skip such steps)")

@@ -42,8 +42,9 @@ def test_pass_matches_numpy(shape, momentum):
              "b": rng.normal(size=c).astype(np.float32), "m": rng.normal(size=c).astype(np.float32),
              "v": rng.uniform(0.5, 2, c).astype(np.float32)}
     model = ir.serde.deserialize_model(_bn_model(shape, momentum))
-    BatchNormTrainingToPrimitivesPass()(model)
+    assert BatchNormTrainingToPrimitivesPass()(model).modified
     assert "BatchNormalization" not in [n.op_type for n in model.graph]
+    assert [v.name for v in model.graph.outputs] == ["y", "rm", "rv"]  # graph outputs keep their names
     proto = ir.serde.serialize_model(model)
     out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["y", "rm", "rv"], {k: v.copy() for k, v in feeds.items()})
@@ -99,3 +100,40 @@ def test_trainer_for_another_provider_trains_with_primitives_as_torch():
         np.testing.assert_allclose(after[name], reference.state_dict()[key].numpy(), rtol=1e-4, atol=1e-5,
                                    err_msg=name)
 
+
+
+def _training_nodes(model) -> int:
+    return sum(n.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i == 1 for a in n.attribute)
+               for n in model.graph.node)
+
+
+def test_portable_step_of_a_cpu_trainer_and_a_gpu_program_have_no_training_mode_node():
+    """The CPU Trainer's own step keeps the node (faster there); what may run on another binding or
+    provider does not: ``training_model()`` and ``gc.compile(provider != "cpu")``. The portable step's
+    values against ``trainer.step``: ``tests/test_portable_python_loop.py`` (its BatchNorm case)."""
+    gc.manual_seed(0)
+    model = Net()
+    x = gc.input("x", ("batch", 2, 6, 6))
+    y = gc.input("y", ("batch",), "int64")
+    trainer = gc.Trainer(F.cross_entropy(model(x), y), gc.optim.SGD(model.parameters(), lr=0.1), [x, y])
+    assert _training_nodes(trainer.step_model) == 1 and _training_nodes(trainer.training_model()) == 0
+    xb = np.random.default_rng(2).standard_normal((5, 2, 6, 6)).astype(np.float32)
+    y_cpu, mean_cpu, var_cpu = F.batch_norm(x, gc.constant(np.zeros(2, np.float32)), gc.constant(np.ones(2, np.float32)),
+                                            training=True)
+    outputs = {"y": y_cpu, "mean": mean_cpu, "var": var_cpu}
+    cpu = gc.compile([x], outputs, allow_batch_statistics=True)
+    other = gc.compile([x], outputs, allow_batch_statistics=True, provider="auto")
+    assert _training_nodes(cpu.model) == 1 and _training_nodes(other.model) == 0
+    want, got = cpu.run({"x": xb}), other.run({"x": xb})
+    for name in outputs:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_unknown_rank_is_refused():
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1)
+    graph = helper.make_graph([node], "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)] +
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in "sbmv"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    with pytest.raises(ValueError, match="rank is unknown"):
+        BatchNormTrainingToPrimitivesPass()(model)

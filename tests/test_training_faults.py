@@ -45,7 +45,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_refused_and_changes_nothing
     layer_state = layer.state_dict()
     zero_input = np.zeros((2, 3), np.float32)
     layer.load_state_dict({"weight": np.zeros((1, 3), np.float32), "bias": np.zeros(1, np.float32)})
-    with pytest.raises(gc.NonFiniteLossError, match="gradient is not"):
+    with pytest.raises(gc.NonFiniteLossError, match="gradient or a carried statistic is not"):
         trainer.step({"x": zero_input})
     assert all(not v.any() for v in layer.state_dict().values())
     assert trainer.steps_done == 0 and set(layer_state) == set(layer.state_dict())
@@ -135,6 +135,26 @@ def test_one_non_finite_gradient_among_huge_finite_ones_is_refused(scale):
     w_bad = nn.Parameter(np.zeros(1, np.float32))
     loss = (x * w_big).sum() + (w_bad.sqrt() * scale).sum()  # 0; d/d w_bad = scale / (2 sqrt(0))
     trainer = gc.Trainer(loss, gc.optim.SGD([w_big, w_bad], lr=1e-36), [x])
-    with pytest.raises(gc.NonFiniteLossError, match="the loss is finite .* but a gradient is not"):
+    with pytest.raises(gc.NonFiniteLossError, match="the loss is finite .* but a gradient or a carried statistic is not"):
         trainer.step({"x": np.full((1, 1000), 1e36, np.float32)})
     assert not w_big.data.any() and not w_bad.data.any() and trainer.steps_done == 0
+
+
+def test_batch_norm_on_one_value_per_channel_is_refused_not_stored_as_nan():
+    """A (1, C) batch through BatchNorm1d: the unbiased running variance is 0 * 1/0 = NaN while the loss
+    stays finite. PyTorch raises; graphc refuses the step (the running statistics are in the finiteness
+    check) and keeps every value, instead of storing a NaN variance that poisons evaluation."""
+    gc.manual_seed(0)
+    model = gc.nn.Sequential(gc.nn.Linear(4, 3), gc.nn.BatchNorm1d(3), gc.nn.Linear(3, 2))
+    x = gc.input("x", ("batch", 4))
+    y = gc.input("y", ("batch",), "int64")
+    trainer = gc.Trainer(gc.nn.functional.cross_entropy(model(x), y), gc.optim.SGD(model.parameters(), lr=0.1),
+                         [x, y])
+    rng = np.random.default_rng(0)
+    trainer.step({"x": rng.standard_normal((4, 4)).astype(np.float32), "y": rng.integers(0, 2, 4)})
+    before = model.state_dict()
+    with pytest.raises(gc.NonFiniteLossError, match="carried statistic"):
+        trainer.step({"x": rng.standard_normal((1, 4)).astype(np.float32), "y": np.array([1])})
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    assert np.isfinite(model.state_dict()["1.running_var"]).all()
