@@ -119,14 +119,19 @@ def _first_maximum_only(e: Emitter, is_max, maxima, weights: np.ndarray, kernel:
 
 
 def _has_tied_windows(ctx: VJPContext, maxima, kernel: list[int]):
-    """Whether a window holds two or more maxima, as a bool scalar: the largest per-window count of maxima
-    (an AveragePool of the 0/1 map, times the taps) above 1. Counted per window, whatever y is where a
-    window has no maximum equal to it (NaN; all -inf or all NaN pooled to the lowest float by ONNX
-    Runtime's 1-D and 3-D kernels): such a window counts 0 and cannot hide a tie elsewhere. The averages
-    are count / taps; the threshold 1.5 / taps lies between one and two maxima."""
-    counts = ctx.op("AveragePool", [maxima], {"kernel_shape": kernel, "strides": kernel})
-    taps = int(np.prod(kernel))
-    return ctx.op("Greater", [ctx.op("ReduceMax", [counts], {"keepdims": 0}), ctx.e.const(np.float32(1.5 / taps))])
+    """Whether a window holds two or more maxima, as a bool scalar. Per row of the view, sum(maxima) counts
+    every window's maxima and sum(MaxPool(maxima)) the windows that have one: they differ exactly where a
+    window has two or more. Whatever y is where a window has no maximum equal to it (NaN; an all -inf or
+    all-NaN window, which ONNX Runtime's 1-D and 3-D kernels pool to the lowest float), that window counts
+    0 in both sums and cannot hide a tie elsewhere. Sums of 0/1 per row (at most
+    MASK_MAX_ELEMENTS_PER_SAMPLE) are exact in float32. (An AveragePool per window measured 3.5x slower
+    than MaxPool here.)"""
+    axes = ctx.e.ints(list(range(2, 2 + len(kernel))))
+    per_row = ctx.op("ReduceSum", [maxima, axes], {"keepdims": 0})
+    windows = ctx.op("MaxPool", [maxima], {"kernel_shape": kernel, "strides": kernel})
+    with_a_maximum = ctx.op("ReduceSum", [windows, axes], {"keepdims": 0})
+    extra = ctx.op("ReduceMax", [ctx.op("Sub", [per_row, with_a_maximum])], {"keepdims": 0})
+    return ctx.op("Greater", [extra, ctx.e.const(np.float32(0))])
 
 
 def _branch(name: str, build) -> ir.Graph:
