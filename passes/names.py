@@ -15,6 +15,9 @@ OP_KEY = "graphc.op"  # the graphc operation that emitted the node (e.g. "Tensor
 SOURCE_KEY = "graphc.source"  # "file:line" of the user's code that built the node
 STOP_GRADIENT_KEY = "graphc.stop_gradient"  # "1" on an Identity that autodiff does not cross
 RNG_STREAM_KEY = "graphc.rng_stream"  # "1" on the Constant that numbers a random stream
+# "1" on an ``If`` whose then-branch is right whatever the condition (the else-branch is a shortcut for
+# when the condition is false): off the CPU the branch is inlined (``runtime/device_branches.py``)
+THEN_ALWAYS_RIGHT_KEY = "graphc.then_always_right"
 
 # ---- value metadata (``value.meta``, in memory only) ----------------------------------------------
 PARAMETER_KEY = "graphc.parameter"  # the graphc Parameter an initializer holds

@@ -60,6 +60,7 @@ from runtime.providers import (
     check_session_providers,
     resolve_providers,
 )
+from runtime.device_branches import then_branches_inlined
 from runtime.run_errors import class_index_check, quiet_run_options, run_session, translate
 
 
@@ -124,6 +125,8 @@ def create_session(model: onnx.ModelProto | bytes, provider: str, threads: int |
     providers = resolve_providers(provider)
     if dims:
         model = pinned_model(model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model), dims)
+    if provider != "cpu":  # a device (or "auto", which may take one): no host-read If conditions
+        model = then_branches_inlined(model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model))
     data = model if isinstance(model, bytes) else model.SerializeToString()
     options = session_options(threads)
     if lean:

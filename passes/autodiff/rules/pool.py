@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
+from passes.names import THEN_ALWAYS_RIGHT_KEY
 from passes.autodiff.rules.conv import _conv_transpose, _spatial, _static_hw
 from passes.autodiff.rules.scan import name_body_values
 from passes.emitter import Emitter
@@ -95,6 +96,9 @@ def _max_pool_mask_vjp(ctx: VJPContext, x, kernel: list[int]):
     as_is = _branch(f"{ctx.node.name}/no_ties", lambda e: e.op("Cast", [is_max], {"to": ir.DataType.FLOAT}))
     mask = ctx.op("If", [_has_tied_windows(ctx, maxima, kernel)],
                   {"then_branch": first_only, "else_branch": as_is}, dtype=ir.DataType.FLOAT)
+    # The first-maximum mask is right with or without ties: on a device, where an If's condition is read
+    # on the host (a copy and a stream sync per step), the session runs it unconditionally instead.
+    mask.producer().metadata_props[THEN_ALWAYS_RIGHT_KEY] = "1"
     dx = ctx.op("Mul", [mask, upsampled(ctx.op("Reshape", [ctx.g, ctx.e.ints([-1, 1, *out_sp])]))])
     return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
 
