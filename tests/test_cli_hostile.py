@@ -132,6 +132,16 @@ def test_ctrl_c_during_imports_is_one_line_and_130(tmp_path, case):
     result = cli("info", model, env_extra={"PYTHONPATH": f"{fake}{os.pathsep}{REPO}"}, text=True)
     assert result.returncode == 130
     assert result.stderr == "graphc: error: interrupted\n"
+    # ``python -m graphc`` imports the graphc package first: the same one line and 130 there
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("GRAPHC_DEBUG", None)
+    result = subprocess.run([sys.executable, "-m", "graphc", "info", str(model)], cwd=REPO, env=env, timeout=120,
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (130, "graphc: error: interrupted\n")
+    # a user's own import still raises KeyboardInterrupt (only the CLI turns it into an exit code)
+    result = subprocess.run([sys.executable, "-c", "import graphc"], cwd=REPO, env=env, timeout=120,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr
 
 
 # ---------------------------------------------------------------- 28: exit 2, one line, JSON errors
