@@ -28,60 +28,7 @@ import numpy as np
 from passes.autodiff.helpers import static_dims
 from passes.autodiff.registry import VJPContext, register_vjp
 from passes.autodiff.rules.batch_norm_training import batch_norm_training_vjp
-
-
-def _spatial(ctx: VJPContext, name: str, default):
-    value = ctx.attr(name)
-    return list(value) if value is not None else list(default)
-
-
-def _static_spatial(ctx: VJPContext, value, op: str) -> list[int]:
-    """The static spatial dims of an (N, C, ...) value; the batch and channel dims may be symbolic."""
-    dims = static_dims(value)
-    if dims is None or len(dims) < 3 or not all(isinstance(d, int) for d in dims[2:]):
-        raise NotImplementedError(f"the gradient of {op} needs static spatial dims, got {value.shape}")
-    return list(dims[2:])
-
-
-def _static_hw(ctx: VJPContext, value, op: str) -> tuple[int, int]:
-    dims = _static_spatial(ctx, value, op)
-    if len(dims) != 2:
-        raise NotImplementedError(f"the gradient of {op} is implemented for 2-D pooling, got {value.shape}")
-    return dims[0], dims[1]
-
-
-def _no_auto_pad(ctx: VJPContext, op: str) -> None:
-    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        raise NotImplementedError(f"the gradient of {op} with auto_pad is not implemented; use explicit pads")
-
-
-def _transpose_pads(size, out, kernel, stride, dilation, begin, end) -> tuple[int, int]:
-    """Pads for a ConvTranspose that maps ``out`` positions back onto exactly ``size`` inputs.
-
-    The forward may have ignored trailing inputs (stride remainder) or read
-    past the end (ceil_mode); the end pad absorbs either difference.
-    """
-    full = stride * (out - 1) + dilation * (kernel - 1) + 1
-    return begin, full - begin - size
-
-
-def _conv_transpose(ctx: VJPContext, g, weight, x_sp, out_sp, kernel, strides, dilations, pads, group):
-    """ConvTranspose of ``g`` landing on the input's spatial size, with extra end pads where needed."""
-    nd = len(x_sp)
-    t_pads, extra = [], []
-    for axis in range(nd):
-        begin, end = _transpose_pads(x_sp[axis], out_sp[axis], kernel[axis], strides[axis], dilations[axis],
-                                     pads[axis], pads[axis + nd])
-        t_pads.append(begin)
-        extra.append(end)
-    attrs = {"strides": strides, "dilations": dilations, "group": group, "kernel_shape": kernel}
-    if min(extra) < 0:  # the forward ignored trailing inputs: pad the result with zeros there
-        attrs["pads"] = t_pads + [max(e, 0) for e in extra]
-        dx = ctx.op("ConvTranspose", [g, weight], attrs)
-        grow = ctx.e.ints([0] * (nd + 2) + [0, 0] + [max(-e, 0) for e in extra])
-        return ctx.op("Pad", [dx, grow])
-    attrs["pads"] = t_pads + extra
-    return ctx.op("ConvTranspose", [g, weight], attrs)
+from passes.autodiff.rules.spatial import conv_transpose, no_auto_pad, spatial_attr, static_spatial
 
 
 def weight_grad_lowering(out_channels: int, taps: int, group: int) -> str:
@@ -196,16 +143,16 @@ def conv_vjp(ctx: VJPContext):
     w_dims = static_dims(w)
     kernel = list(w_dims[2:])
     nd = len(kernel)
-    strides = _spatial(ctx, "strides", [1] * nd)
-    dilations = _spatial(ctx, "dilations", [1] * nd)
-    pads = _spatial(ctx, "pads", [0] * (2 * nd))
+    strides = spatial_attr(ctx, "strides", [1] * nd)
+    dilations = spatial_attr(ctx, "dilations", [1] * nd)
+    pads = spatial_attr(ctx, "pads", [0] * (2 * nd))
     group = ctx.attr("group", 1)
-    _no_auto_pad(ctx, "Conv")
-    x_sp = _static_spatial(ctx, x, "Conv")
-    out_sp = _static_spatial(ctx, ctx.outputs[0], "Conv")
+    no_auto_pad(ctx, "Conv")
+    x_sp = static_spatial(ctx, x, "Conv")
+    out_sp = static_spatial(ctx, ctx.outputs[0], "Conv")
     dx = dw = db = None
     if ctx.needs(0):
-        dx = _conv_transpose(ctx, g, w, x_sp, out_sp, kernel, strides, dilations, pads, group)
+        dx = conv_transpose(ctx, g, w, x_sp, out_sp, kernel, strides, dilations, pads, group)
     if ctx.needs(1):
         dw = _conv_weight_grad(ctx, x, g, w, strides, dilations, pads, group)
     if len(ctx.inputs) > 2 and ctx.needs(2):
@@ -391,13 +338,13 @@ def conv_transpose_vjp(ctx: VJPContext):
     nd = len(kernel)
     if ctx.attr("output_shape") is not None:
         raise NotImplementedError("the gradient of ConvTranspose with output_shape is not implemented; use pads")
-    _no_auto_pad(ctx, "ConvTranspose")
-    strides = _spatial(ctx, "strides", [1] * nd)
-    dilations = _spatial(ctx, "dilations", [1] * nd)
-    pads = _spatial(ctx, "pads", [0] * (2 * nd))
+    no_auto_pad(ctx, "ConvTranspose")
+    strides = spatial_attr(ctx, "strides", [1] * nd)
+    dilations = spatial_attr(ctx, "dilations", [1] * nd)
+    pads = spatial_attr(ctx, "pads", [0] * (2 * nd))
     group = ctx.attr("group", 1)
-    x_sp = _static_spatial(ctx, x, "ConvTranspose")
-    y_sp = _static_spatial(ctx, ctx.outputs[0], "ConvTranspose")
+    x_sp = static_spatial(ctx, x, "ConvTranspose")
+    y_sp = static_spatial(ctx, ctx.outputs[0], "ConvTranspose")
     g = ctx.g
     # The end pad that makes Conv(g) land on exactly x's size (output_padding is inside y's size).
     ends = [strides[i] * (x_sp[i] - 1) + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - y_sp[i] for i in range(nd)]

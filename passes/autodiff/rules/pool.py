@@ -12,16 +12,16 @@ import onnx_ir as ir
 from passes.autodiff.helpers import static_dims, zeros_like
 from passes.autodiff.registry import VJPContext, register_vjp
 from passes.names import THEN_ALWAYS_RIGHT_KEY
-from passes.autodiff.rules.conv import _conv_transpose, _spatial, _static_hw
+from passes.autodiff.rules.spatial import conv_transpose, spatial_attr, static_hw
 from passes.autodiff.rules.scan import name_body_values
 from passes.emitter import Emitter
 
 
 def _windows_disjoint(ctx: VJPContext, nd: int) -> bool:
     """Whether no input element lies in two MaxPool windows (stride >= dilated kernel extent, per axis)."""
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1] * nd)
-    dilations = _spatial(ctx, "dilations", [1] * nd)
+    kernel = spatial_attr(ctx, "kernel_shape", [])
+    strides = spatial_attr(ctx, "strides", [1] * nd)
+    dilations = spatial_attr(ctx, "dilations", [1] * nd)
     return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, strides, dilations))
 
 
@@ -30,8 +30,8 @@ def _unpool_fits(ctx: VJPContext, x, nd: int) -> bool:
     sizes, outs = static_dims(x), static_dims(ctx.outputs[0])
     if sizes is None or outs is None or not all(isinstance(d, int) for d in sizes[2:] + outs[2:]):
         return False
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1] * nd)
+    kernel = spatial_attr(ctx, "kernel_shape", [])
+    strides = spatial_attr(ctx, "strides", [1] * nd)
     return all((o - 1) * s + k == size for o, s, k, size in zip(outs[2:], strides, kernel, sizes[2:]))
 
 
@@ -46,15 +46,15 @@ MASK_MAX_ELEMENTS_PER_SAMPLE = 8192
 
 def _mask_pool_kernel(ctx: VJPContext, x, nd: int) -> list[int] | None:
     """The kernel when the MaxPool's windows tile a small float32 input exactly, else None."""
-    kernel = _spatial(ctx, "kernel_shape", [])
+    kernel = spatial_attr(ctx, "kernel_shape", [])
     dims = static_dims(x)
     if x.dtype != ir.DataType.FLOAT or dims is None or not all(isinstance(d, int) for d in dims[1:]):
         return None
-    if int(np.prod(dims[1:])) > MASK_MAX_ELEMENTS_PER_SAMPLE or _spatial(ctx, "strides", [1] * nd) != kernel:
+    if int(np.prod(dims[1:])) > MASK_MAX_ELEMENTS_PER_SAMPLE or spatial_attr(ctx, "strides", [1] * nd) != kernel:
         return None
     if int(np.prod(kernel)) > 64:  # the window weights 2^(taps - 1 - position) stay far inside float32's range
         return None
-    if any(_spatial(ctx, "pads", [0] * (2 * nd))) or any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
+    if any(spatial_attr(ctx, "pads", [0] * (2 * nd))) or any(d != 1 for d in spatial_attr(ctx, "dilations", [1] * nd)):
         return None
     if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
         return None
@@ -166,8 +166,8 @@ def max_pool_vjp(ctx: VJPContext):
     x = ctx.inputs[0]
     if ctx.attr("storage_order", 0):
         raise NotImplementedError("the gradient of MaxPool with storage_order=1 (column-major indices)")
-    nd = len(_spatial(ctx, "kernel_shape", []))
-    if nd > 2 and any(d != 1 for d in _spatial(ctx, "dilations", [1] * nd)):
+    nd = len(spatial_attr(ctx, "kernel_shape", []))
+    if nd > 2 and any(d != 1 for d in spatial_attr(ctx, "dilations", [1] * nd)):
         # ONNX's node tests maxpool_3d_dilations give a gradient off by ~0.6 through the Indices: refuse
         # rather than answer wrongly (2-D dilations agree with finite differences).
         raise NotImplementedError("the gradient of MaxPool with dilations in 3 or more spatial dims")
@@ -182,10 +182,10 @@ def max_pool_vjp(ctx: VJPContext):
     # MaxUnpool only where its default output size is x's (no pads, no partial or ignored trailing windows):
     # onnx.reference's MaxUnpool (an oracle of the tests) writes out of bounds otherwise, though ONNX
     # Runtime honours output_shape. ONNX Runtime's CPU MaxUnpool is float32 only: other dtypes scatter.
-    plain = not any(_spatial(ctx, "pads", [0] * (2 * nd))) and not ctx.attr("ceil_mode", 0) and \
+    plain = not any(spatial_attr(ctx, "pads", [0] * (2 * nd))) and not ctx.attr("ceil_mode", 0) and \
         ctx.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID") and _unpool_fits(ctx, x, nd)
     if plain and _windows_disjoint(ctx, nd) and x.dtype == ir.DataType.FLOAT:
-        attrs = {"kernel_shape": _spatial(ctx, "kernel_shape", []), "strides": _spatial(ctx, "strides", [1] * nd)}
+        attrs = {"kernel_shape": spatial_attr(ctx, "kernel_shape", []), "strides": spatial_attr(ctx, "strides", [1] * nd)}
         return [ctx.op("MaxUnpool", [ctx.g, indices, ctx.op("Shape", [x])], attrs)]
     flat_g = ctx.op("Reshape", [ctx.g, ctx.e.ints([-1])])
     flat_i = ctx.op("Reshape", [indices, ctx.e.ints([-1])])
@@ -218,18 +218,18 @@ def average_pool_vjp(ctx: VJPContext):
     channels = static_dims(x)[1]
     if not isinstance(channels, int):
         raise NotImplementedError("the gradient of AveragePool needs a static channel count")
-    kernel = _spatial(ctx, "kernel_shape", [])
-    strides = _spatial(ctx, "strides", [1, 1])
-    pads = _spatial(ctx, "pads", [0, 0, 0, 0])
+    kernel = spatial_attr(ctx, "kernel_shape", [])
+    strides = spatial_attr(ctx, "strides", [1, 1])
+    pads = spatial_attr(ctx, "pads", [0, 0, 0, 0])
     include = ctx.attr("count_include_pad", 0)
-    if any(d != 1 for d in _spatial(ctx, "dilations", [1, 1])) or \
+    if any(d != 1 for d in spatial_attr(ctx, "dilations", [1, 1])) or \
             ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         raise NotImplementedError("the gradient of AveragePool with dilations or auto_pad is not implemented")
-    x_hw = _static_hw(ctx, x, "AveragePool")
-    out_hw = _static_hw(ctx, ctx.outputs[0], "AveragePool")
+    x_hw = static_hw(ctx, x, "AveragePool")
+    out_hw = static_hw(ctx, ctx.outputs[0], "AveragePool")
     rows = _avg_divisors(x_hw[0], out_hw[0], kernel[0], strides[0], pads[0], include)
     cols = _avg_divisors(x_hw[1], out_hw[1], kernel[1], strides[1], pads[1], include)
     inverse = (1.0 / np.outer(rows, cols)).astype(x.dtype.numpy())[None, None]
     scaled = ctx.op("Mul", [ctx.g, ctx.e.const(inverse)])
     ones = ctx.e.const(np.ones((channels, 1, kernel[0], kernel[1]), dtype=x.dtype.numpy()))
-    return [_conv_transpose(ctx, scaled, ones, x_hw, out_hw, kernel, strides, [1, 1], pads, channels)]
+    return [conv_transpose(ctx, scaled, ones, x_hw, out_hw, kernel, strides, [1, 1], pads, channels)]
