@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -162,6 +163,21 @@ def compare_settings(script: str, models: list[str], settings: list[str], steps:
             print(f"  {s:{width}s} {spread(r['median_ms'] for r in runs[s]):>22s}  "
                   f"{spread(round_ratios(runs, s, settings[0])):>18s}  {spread(r['cpu_ms'] for r in runs[s]):>22s}  "
                   f"{spread(round_ratios(runs, s, settings[0], 'cpu_ms')):>18s}")
+
+
+def settings_main(script: str, doc: str, models: str, settings: str, rounds: int, steps: int, width: int = 24,
+                  argv=None) -> None:
+    """The step-variant probes' command line (``--models``, ``--rounds``, ``--steps``, ``--settings``,
+    ``--threads``, the defaults given here), then ``compare_settings``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--settings", default=settings)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    compare_settings(script, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
+                     args.threads, width=width)
 
 
 def spread(values) -> str:

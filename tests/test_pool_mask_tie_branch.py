@@ -19,19 +19,7 @@ import graphc as gc
 from graphc import nn
 from graphc.program import build_model
 from passes.pipelines import gradient_pipeline
-
-
-def first_max_gradient(xb, y, cot, k):
-    """numpy: g to the first position of each k x k window equal to its pooled value, else 0."""
-    dx = np.zeros_like(xb)
-    n, c, h, w = xb.shape
-    for i in np.ndindex(n, c, h // k, w // k):
-        window = xb[i[0], i[1], i[2] * k:(i[2] + 1) * k, i[3] * k:(i[3] + 1) * k].ravel()
-        hits = np.flatnonzero(window == y[i])
-        if hits.size:
-            r, q = divmod(int(hits[0]), k)
-            dx[i[0], i[1], i[2] * k + r, i[3] * k + q] = cot[i]
-    return dx
+from test_pool_mask_nan_window import first_max_gradient  # the numpy reference, shared
 
 
 def torch_gradient(xb, cot, k):

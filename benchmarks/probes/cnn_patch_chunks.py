@@ -14,14 +14,13 @@ process CPU ms per step with its ratio.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import compare_settings, worker_spec  # noqa: E402
+from common import settings_main, worker_spec  # noqa: E402
 
 
 def _mask_with_max(ctx, x, kernel):
@@ -79,15 +78,8 @@ def worker(spec: dict) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="cnn")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--settings", default="default,patches_whole")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    compare_settings(__file__, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
-                     args.threads, width=18)
+    settings_main(__file__, __doc__, models="cnn", settings="default,patches_whole", rounds=4, steps=20,
+                  width=18)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ the same round, and the process CPU ms per step with its ratio.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import compare_settings, worker_spec  # noqa: E402
+from common import settings_main, worker_spec  # noqa: E402
 
 
 def _mask_always_first(ctx, x, kernel):
@@ -161,15 +160,8 @@ def worker(spec: dict) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="cnn")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--settings", default="default,mask_always_first")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    compare_settings(__file__, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
-                     args.threads, width=22)
+    settings_main(__file__, __doc__, models="cnn", settings="default,mask_always_first", rounds=6, steps=20,
+                  width=22)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ by the other core's load).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import step_variants  # noqa: E402
-from common import compare_settings, worker_spec  # noqa: E402
+from common import settings_main, worker_spec  # noqa: E402
 
 _inherited_patch_rules = step_variants.patch_rules
 
@@ -76,15 +75,8 @@ def worker(spec: dict) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="lenet,cnn")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--settings", default="default,relu_first")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    compare_settings(__file__, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
-                     args.threads, width=24)
+    settings_main(__file__, __doc__, models="lenet,cnn", settings="default,relu_first", rounds=4, steps=30,
+                  width=24)
 
 
 if __name__ == "__main__":

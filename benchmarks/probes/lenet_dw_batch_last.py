@@ -12,13 +12,12 @@ Settings (combine with ``+``; also every setting of ``lenet_step_layouts.py`` an
   whose weight gradient built batch-last patches (LeNet's conv2) becomes Gemm(w as (O, C*k*k), patches
   [, bias as (O, 1)]) + a Transpose back to NCHW instead of ONNX Runtime's Conv (its own im2col);
 - ``ko_dw1``, ``ko_dw2``: knock-outs (zeros for conv1's / conv2's weight gradient: wrong, for their cost).
-Each setting runs in a fresh process, taking turns (``common.compare_settings``): median step ms [min-max],
+Each setting runs in a fresh process, taking turns (``common.settings_main``): median step ms [min-max],
 ratio to the first setting in the same round, process CPU ms per step and its ratio.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cnn_step_variants  # noqa: E402
 import lenet_step_layouts  # noqa: E402
 import step_variants  # noqa: E402
-from common import compare_settings, worker_spec  # noqa: E402
+from common import settings_main, worker_spec  # noqa: E402
 
 _inherited_patch_rules = lenet_step_layouts.patch_rules
 
@@ -102,15 +101,8 @@ def worker(spec: dict) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="lenet")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--settings", default="default,before")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    compare_settings(__file__, args.models.split(","), args.settings.split(","), args.steps, args.rounds,
-                     args.threads, width=24)
+    settings_main(__file__, __doc__, models="lenet", settings="default,before", rounds=6, steps=40,
+                  width=24)
 
 
 if __name__ == "__main__":
