@@ -105,9 +105,8 @@ def _bn_rule_dx_four_passes(ctx):
 
 def _mask_if_dx(ctx, x, kernel):
     """The mask rule with the ``If`` returning dx (its branches multiply by the upsampled g) instead of the
-    mask (setting ``mask_if_dx``): no second Cast in the cheap branch, but the branches read the upsampled
-    g, which the condition does not depend on, so ``passes/traversal.py``'s walk (gc.compile's extraction)
-    misses it; the Trainer's step builds."""
+    mask (setting ``mask_if_dx``): no second Cast in the cheap branch; the branches read the upsampled g,
+    which extraction missed until ``passes/traversal.py`` followed subgraph reads (``node_reads``)."""
     import numpy as np
     import onnx_ir as ir
 
@@ -127,7 +126,7 @@ def _mask_if_dx(ctx, x, kernel):
     first_only = pool._branch("first", lambda e: e.op("Mul", [pool._first_maximum_only(
         e, is_max, maxima, pool._window_weights(x_sp, kernel), kernel, scales), g_up]))
     as_is = pool._branch("no_ties", lambda e: e.op("Mul", [maxima, g_up]))
-    dx = ctx.op("If", [pool._has_tied_windows(ctx, maxima, y_view, len(x_sp))],
+    dx = ctx.op("If", [pool._has_tied_windows(ctx, maxima, kernel)],
                 {"then_branch": first_only, "else_branch": as_is}, dtype=ir.DataType.FLOAT)
     return ctx.op("Reshape", [dx, ctx.e.ints([-1, *dims[1:]])])
 
